@@ -1,0 +1,280 @@
+"""The model spec: one JSON-serialisable object that drives construction, pre- and post-processing.
+
+A spec travels inside every artifact (ONNX ``metadata_props["retinanet_trt.spec"]`` and the engine
+sidecar), so a runner needs only the file. Every field has a default that matches detectron2's
+RetinaNet R50-FPN; presets and importers override what their framework does differently
+(see ../shared/facts/checkpoint-formats.md for the per-framework conventions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from retinanet_trt.errors import UsageError
+
+SPEC_VERSION = 1
+
+
+@dataclass
+class NormSpec:
+    """Backbone normalisation, always folded into the conv before export.
+
+    kind: "frozen_bn" (weight, bias, running_mean, running_var, eps) or "affine" (Detectron's
+    AffineChannel: weight and bias only). eps is 1e-5 (detectron2, eval BN), 0.0 (torchvision v1
+    FrozenBN, maskrcnn-benchmark's "no eps").
+    """
+
+    kind: str = "frozen_bn"
+    eps: float = 1e-5
+
+
+@dataclass
+class BackboneSpec:
+    depth: int = 50  # 18, 34 (basic blocks), 50, 101 (bottleneck)
+    stride_in_1x1: bool = True  # MSRA/Caffe weights put the stride in the 1x1 conv; torchvision in the 3x3
+    norm: NormSpec = field(default_factory=NormSpec)
+    stem_pool: str = "pytorch"  # "pytorch": k3 s2 p1 floor; "caffe_ceil": k3 s2 p0 ceil_mode=True
+    stem_channels: int = 64
+    width_per_group: int = 64  # base width; `tiny` shrinks it for fast tests
+
+
+@dataclass
+class FPNSpec:
+    out_channels: int = 256
+    upsample: str = "scale2"  # "scale2": nearest x2; "size": nearest to the lateral's size (torchvision)
+    p6_from: str = "c5"  # "c5" or "p5"
+    levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+
+
+@dataclass
+class HeadSpec:
+    num_convs: int = 4
+    channels: int = 256
+    num_anchors: int = 9
+    num_classes: int = 80
+    norm: str = "none"  # "none" or "gn" (torchvision v2: conv without bias + GroupNorm(32) + ReLU)
+    gn_groups: int = 32
+    prior_prob: float = 0.01
+
+
+@dataclass
+class AnchorSpec:
+    """Anchors per level, in the source framework's own order and rounding.
+
+    sizes[l] are the anchor sizes of level ``levels[l]``; aspect_ratios are h/w.
+    order: "ratio_major" (a = r*S + s: torchvision, maskrcnn-benchmark, yhenon) or
+           "size_major" (a = s*R + r: detectron2, Detectron).
+    generator: "torchvision" (corners rounded half-to-even, centre offset 0, stride = image // feature),
+               "detectron2" (float corners, offset 0), "legacy" (maskrcnn-benchmark / Detectron +1
+               anchors centred at (stride-1)/2), "yhenon" (centre (x+0.5)*stride, float).
+    """
+
+    sizes: list[list[float]] = field(
+        default_factory=lambda: [[s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)] for s in (32, 64, 128, 256, 512)]
+    )
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    order: str = "size_major"
+    generator: str = "detectron2"
+
+
+@dataclass
+class BoxCoderSpec:
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    scale_clamp: float | None = math.log(1000.0 / 16)  # upper clamp of dw/dh; None: no clamp (yhenon)
+    plus_one: bool = False  # legacy +1 widths and x2 = cx + w/2 - 1 (maskrcnn-benchmark, Detectron)
+
+
+@dataclass
+class PreprocessSpec:
+    """How an image becomes the network input (N, 3, H, W) float32.
+
+    resize: "shortest_edge" (short side -> min_size, long side <= max_size, keep ratio), "fixed"
+    (stretch to fixed_size [H, W]) or "none". rounding: "floor" (torchvision), "round_half_up"
+    (detectron2: int(x + 0.5)), "round" (Python round). scale: pixel values are multiplied by
+    this before mean/std (1/255 for 0-1 inputs, 1.0 for 0-255).
+    """
+
+    channel_order: str = "BGR"
+    scale: float = 1.0
+    mean: list[float] = field(default_factory=lambda: [103.530, 116.280, 123.675])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    resize: str = "shortest_edge"
+    min_size: int = 800
+    max_size: int = 1333
+    fixed_size: list[int] | None = None
+    rounding: str = "round_half_up"
+    interpolation: str = "bilinear"
+    size_divisibility: int = 32
+    pad_extra_when_divisible: bool = False  # yhenon pads +32 even when already divisible
+
+
+@dataclass
+class PostprocessSpec:
+    """Decode -> top-k -> NMS -> max detections, with each framework's exact conventions.
+
+    score_thresh: one value per level (Detectron uses 0.0 at P7); compared as score > thresh.
+    nms_rule: "gt" (IoU > t suppresses; torchvision) or "ge" (IoU >= t; maskrcnn-benchmark, Detectron).
+    clip: "resized" ([0,W]x[0,H] of the unpadded resized image, per level: torchvision),
+          "resized_minus1" ([0,W-1]: maskrcnn-benchmark), "original" (after rescale, [0,W]: detectron2),
+          "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 only), "none".
+    label_map: channel -> output label id (COCO category ids); class_names: channel -> name.
+    """
+
+    score_thresh: list[float] = field(default_factory=lambda: [0.05] * 5)
+    topk_per_level: int | None = 1000
+    nms_iou: float = 0.5
+    nms_rule: str = "gt"
+    nms_plus_one: bool = False
+    max_detections: int | None = 100
+    clip: str = "original"
+    drop_empty: bool = True
+    label_map: list[int] | None = None
+    class_names: list[str] | None = None
+
+
+@dataclass
+class ModelSpec:
+    name: str = "retinanet_r50_fpn"
+    source: str = "retinanet_trt"
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    fpn: FPNSpec = field(default_factory=FPNSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    anchors: AnchorSpec = field(default_factory=AnchorSpec)
+    box_coder: BoxCoderSpec = field(default_factory=BoxCoderSpec)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    version: int = SPEC_VERSION
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def levels(self) -> list[int]:
+        return list(self.fpn.levels)
+
+    @property
+    def max_stride(self) -> int:
+        return 2 ** max(self.fpn.levels)
+
+    def class_names(self) -> list[str]:
+        names = self.postprocess.class_names
+        return list(names) if names else [f"class_{k}" for k in range(self.head.num_classes)]
+
+    def label_ids(self) -> list[int]:
+        ids = self.postprocess.label_map
+        return list(ids) if ids else list(range(self.head.num_classes))
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        spec = _from_dict(cls, data, "spec")
+        spec.validate()
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"spec is not valid JSON ({exc}); pass a file written by `trt-inspect --spec-json`") from exc
+        if not isinstance(data, dict):
+            raise UsageError("spec JSON must be an object with backbone/fpn/head/... fields")
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first inconsistency, so no model is built from a bad spec."""
+        b, f, h, a = self.backbone, self.fpn, self.head, self.anchors
+        problems: list[str] = []
+        if b.depth not in (18, 34, 50, 101):
+            problems.append(f"backbone.depth={b.depth} (use 18, 34, 50 or 101)")
+        if b.norm.kind not in ("frozen_bn", "affine"):
+            problems.append(f"backbone.norm.kind={b.norm.kind!r} (use 'frozen_bn' or 'affine')")
+        if b.norm.eps < 0:
+            problems.append(f"backbone.norm.eps={b.norm.eps} must be >= 0")
+        if b.stem_pool not in ("pytorch", "caffe_ceil"):
+            problems.append(f"backbone.stem_pool={b.stem_pool!r} (use 'pytorch' or 'caffe_ceil')")
+        if f.upsample not in ("scale2", "size"):
+            problems.append(f"fpn.upsample={f.upsample!r} (use 'scale2' or 'size')")
+        if f.p6_from not in ("c5", "p5"):
+            problems.append(f"fpn.p6_from={f.p6_from!r} (use 'c5' or 'p5')")
+        if not f.levels or f.levels != list(range(3, 3 + len(f.levels))) or max(f.levels) > 7:
+            problems.append(f"fpn.levels={f.levels} must be consecutive from 3, at most 7 (e.g. [3,4,5,6,7])")
+        if f.out_channels <= 0 or h.channels <= 0 or h.num_classes <= 0 or h.num_anchors <= 0:
+            problems.append("channel, class and anchor counts must be positive")
+        if h.norm not in ("none", "gn"):
+            problems.append(f"head.norm={h.norm!r} (use 'none' or 'gn')")
+        if h.norm == "gn" and h.channels % h.gn_groups:
+            problems.append(f"head.channels={h.channels} is not divisible by gn_groups={h.gn_groups}")
+        if a.order not in ("ratio_major", "size_major"):
+            problems.append(f"anchors.order={a.order!r} (use 'ratio_major' or 'size_major')")
+        if a.generator not in ("torchvision", "detectron2", "legacy", "yhenon"):
+            problems.append(f"anchors.generator={a.generator!r} (torchvision, detectron2, legacy or yhenon)")
+        n_levels = len(f.levels)
+        if len(a.sizes) != n_levels or len(a.strides) != n_levels:
+            problems.append(f"anchors.sizes/strides need one entry per level ({n_levels})")
+        elif any(len(s) * len(a.aspect_ratios) != h.num_anchors for s in a.sizes):
+            problems.append(
+                f"anchors per location (sizes x aspect_ratios) must equal head.num_anchors={h.num_anchors}"
+            )
+        if len(self.postprocess.score_thresh) != n_levels:
+            problems.append(f"postprocess.score_thresh needs one value per level ({n_levels})")
+        p = self.postprocess
+        if p.nms_rule not in ("gt", "ge"):
+            problems.append(f"postprocess.nms_rule={p.nms_rule!r} (use 'gt' or 'ge')")
+        if p.clip not in ("resized", "resized_minus1", "original", "original_minus1", "padded_lower", "none"):
+            problems.append(f"postprocess.clip={p.clip!r} is unknown")
+        if p.label_map is not None and len(p.label_map) != h.num_classes:
+            problems.append(f"postprocess.label_map has {len(p.label_map)} entries, head has {h.num_classes} classes")
+        if p.class_names is not None and len(p.class_names) != h.num_classes:
+            problems.append(f"postprocess.class_names has {len(p.class_names)} entries, head has {h.num_classes} classes")
+        pre = self.preprocess
+        if pre.channel_order not in ("RGB", "BGR"):
+            problems.append(f"preprocess.channel_order={pre.channel_order!r} (use 'RGB' or 'BGR')")
+        if len(pre.mean) != 3 or len(pre.std) != 3 or any(s == 0 for s in pre.std):
+            problems.append("preprocess.mean and std need 3 values each, std non-zero")
+        if pre.resize not in ("shortest_edge", "fixed", "none"):
+            problems.append(f"preprocess.resize={pre.resize!r} (use 'shortest_edge', 'fixed' or 'none')")
+        if pre.resize == "fixed" and not pre.fixed_size:
+            problems.append("preprocess.resize='fixed' needs preprocess.fixed_size [H, W]")
+        if pre.rounding not in ("floor", "round_half_up", "round"):
+            problems.append(f"preprocess.rounding={pre.rounding!r} (floor, round_half_up or round)")
+        if problems:
+            more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
+            raise UsageError(f"inconsistent spec: {problems[0]}{more}")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a (nested) dataclass from a dict, refusing unknown keys so typos are caught."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UsageError(f"unknown field(s) in {where}: {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        sub = _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "NormSpec": NormSpec,
+    "BackboneSpec": BackboneSpec,
+    "FPNSpec": FPNSpec,
+    "HeadSpec": HeadSpec,
+    "AnchorSpec": AnchorSpec,
+    "BoxCoderSpec": BoxCoderSpec,
+    "PreprocessSpec": PreprocessSpec,
+    "PostprocessSpec": PostprocessSpec,
+}
