@@ -1,0 +1,131 @@
+"""trt-export: a checkpoint, a preset or a spec -> a clean, checked ONNX file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.errors import UsageError
+from retinanet_trt.export.pipeline import DEFAULT_OPSET, ExportOptions, ParityError, export_onnx
+from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.model.retinanet import RetinaNet, build_model
+from retinanet_trt.presets import PRESETS, get_preset
+from retinanet_trt.spec import ModelSpec
+
+EXAMPLES = """\
+  trt-export --demo -o demo.onnx
+  trt-export --preset retinanet_r50_fpn --random-init --input-size 480 640 -o m.onnx --report r.json
+  trt-export --preset r50_fpn1024_1class --random-init --input-size 480 640 --dynamic -o text.onnx
+  trt-export model_final.pkl --source detectron2 --input-size 800 1344 -o d2.onnx
+  trt-export --spec my_spec.json --random-init --seed 3 --input-size 256 320 -o custom.onnx
+"""
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    p = make_parser("trt-export", "Export a RetinaNet to ONNX: fold frozen BN, fix ceil-mode pooling, simplify, "
+                    "tag node names by FPN level, store the spec, and check every output against PyTorch.", EXAMPLES)
+    p.add_argument("checkpoint", nargs="?", help="checkpoint from a training framework (see trt-inspect)")
+    p.add_argument("--source", default="auto", help="framework of CHECKPOINT (default: auto-detect)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help=f"named model: {', '.join(PRESETS)}")
+    src.add_argument("--spec", type=Path, help="model spec JSON file")
+    src.add_argument("--demo", action="store_true", help="the bundled demo model (trained on synthetic shapes)")
+    p.add_argument("--random-init", action="store_true", help="random weights (for parity and speed work)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init and the parity input")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input size (default: the spec's resize, padded to 32)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx path")
+    p.add_argument("--report", type=Path, help="write the parity report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    return p
+
+
+def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
+    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333."""
+    pre = spec.preprocess
+    if pre.resize == "fixed" and pre.fixed_size:
+        h, w = pre.fixed_size
+    else:
+        h, w = pre.min_size, pre.max_size
+    return (-(-h // 32) * 32, -(-w // 32) * 32)
+
+
+def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-untyped-def]
+    """Resolve checkpoint / preset / spec / demo into a spec and a model in eval mode."""
+    if args.checkpoint:
+        if args.preset or args.spec or args.demo or args.random_init:
+            raise UsageError("give either a CHECKPOINT or --preset/--spec/--demo/--random-init, not both")
+        from retinanet_trt.importers import import_checkpoint
+
+        result = import_checkpoint(args.checkpoint, source=args.source)
+        model = build_model(result.spec)
+        model.load_state_dict(result.state_dict, strict=True)
+        return result.spec, model.eval(), {"checkpoint": str(args.checkpoint), "source": result.source}
+    if args.demo:
+        from retinanet_trt.demo import load_demo
+
+        spec, model = load_demo()
+        return spec, model, {"checkpoint": "bundled demo"}
+    if args.preset:
+        spec = get_preset(args.preset)
+    elif args.spec:
+        if not args.spec.is_file():
+            raise UsageError(f"spec file {args.spec} not found")
+        spec = ModelSpec.from_json(args.spec.read_text())
+    else:
+        raise UsageError("nothing to export: give a CHECKPOINT, --demo, or --preset/--spec with --random-init")
+    if not args.random_init:
+        raise UsageError(f"--preset/--spec builds an untrained {spec.name}; add --random-init to export it anyway")
+    return spec, build_model(spec, seed=args.seed), {"random_init_seed": args.seed}
+
+
+def print_report(report: dict, quiet: bool) -> None:
+    if not quiet:
+        for run in report["parity"]:
+            h, w = run["input_hw"]
+            rows = [[name, r["max_abs"], r["max_rel"], r["sqnr_db"]] for name, r in run["outputs"].items()]
+            print(f"parity vs PyTorch at {h}x{w}:")
+            print(format_table(["output", "max_abs", "max_rel", "sqnr_db"], rows))
+        ops = ", ".join(f"{k} {v}" for k, v in report["op_counts"].items())
+        print(f"ops: {ops}")
+        print(f"fixes: {report['fixes']}")
+        print(f"times (s): {report['times_s']}  peak RSS {report['peak_rss_mb']} MB")
+    verdict = "PASS" if report["passed"] else "FAIL"
+    print(f"{verdict}: {report['output']} worst max_rel {report['worst_max_rel']:.3g} ({report['worst_output']}), "
+          f"tolerance {report['parity_tolerance']:.0e}")
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    check_writable(args.output)
+    if args.report:
+        check_writable(args.report)
+    spec, model, info = load_model(args)
+    input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
+    opts = ExportOptions(input_hw=input_hw, batch=args.batch, dynamic=args.dynamic, opset=args.opset,  # type: ignore[arg-type]
+                         simplify=not args.no_simplify, parity_seed=args.seed, info=info)
+    try:
+        report = export_onnx(model, spec, args.output, opts)
+    except ParityError as exc:
+        if args.report:
+            write_json_atomic(args.report, exc.report)
+        print_report(exc.report, args.quiet)
+        print(f"trt-export: error: {exc}", file=sys.stderr)
+        return 1
+    if args.report:
+        write_json_atomic(args.report, report)
+    print_report(report, args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("trt-export", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
