@@ -1,0 +1,176 @@
+"""Pre-process driven by spec.preprocess: images -> resized, normalised, zero-padded (N, 3, H, W) batch.
+
+Order of operations (the one every supported framework's numbers reduce to): decode to 8-bit RGB,
+resize with Pillow on uint8 (detectron2, maskrcnn-benchmark), reorder channels, multiply by
+`scale`, subtract mean and divide by std, then pad with zeros bottom/right, so padding is 0 *after*
+normalisation as in torchvision's and detectron2's batching. Output sizes follow each framework's
+own rounding exactly (facts/checkpoint-formats.md 1g, 2f, 4f); pixel values may differ slightly
+where a framework resizes floats with another library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from retinanet_trt.errors import UsageError
+from retinanet_trt.runtime.images import ImageInput, LoadedImage, LoadFailure, load_image, load_images
+from retinanet_trt.runtime.types import Batch, ImageMeta
+from retinanet_trt.spec import ModelSpec, PreprocessSpec
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def resized_hw(original_hw: tuple[int, int], pre: PreprocessSpec) -> tuple[int, int]:
+    """(H, W) after the spec's resize, rounded as the source framework rounds.
+
+    shortest_edge scales the short side to min_size unless the long side would pass max_size, in
+    which case the long side becomes max_size. Rounding:
+      floor          torchvision: scale computed in float32, each side floor(side * scale)
+      round_half_up  detectron2: short side = min_size exactly, each side int(x + 0.5)
+      round          yhenon: each side Python round(side * scale) (half to even)
+    """
+    h, w = original_hw
+    if pre.resize == "none":
+        return h, w
+    if pre.resize == "fixed":
+        if not pre.fixed_size:
+            raise UsageError("preprocess.resize='fixed' needs preprocess.fixed_size [H, W]")
+        fh, fw = pre.fixed_size
+        return int(fh), int(fw)
+    if pre.resize != "shortest_edge":
+        raise UsageError(f"preprocess.resize={pre.resize!r} (use 'shortest_edge', 'fixed' or 'none')")
+    short, long = min(h, w), max(h, w)
+    if pre.rounding == "floor":
+        # torchvision computes `800.0 / tensor` in float32, which torch evaluates as
+        # reciprocal(tensor) * 800; that float32 value decides floor() at boundaries
+        # (480 * scale gives 800, where the exact 800/480 in double would give 799.99...).
+        inv_short, inv_long = np.float32(1.0) / np.float32(short), np.float32(1.0) / np.float32(long)
+        scale = float(min(inv_short * np.float32(pre.min_size), inv_long * np.float32(pre.max_size)))
+        return math.floor(h * scale), math.floor(w * scale)
+    if pre.rounding == "round_half_up":
+        # detectron2 sets the short side to min_size exactly and scales the long one, then caps.
+        scale = pre.min_size / short
+        new_short, new_long = float(pre.min_size), long * scale
+        if new_long > pre.max_size:
+            cap = pre.max_size / new_long
+            new_short, new_long = new_short * cap, new_long * cap
+        new_h, new_w = (new_short, new_long) if h < w else (new_long, new_short)
+        return int(new_h + 0.5), int(new_w + 0.5)
+    if pre.rounding == "round":
+        scale = pre.min_size / short
+        if long * scale > pre.max_size:
+            scale = pre.max_size / long
+        return round(h * scale), round(w * scale)
+    raise UsageError(f"preprocess.rounding={pre.rounding!r} (floor, round_half_up or round)")
+
+
+def padded_side(side: int, pre: PreprocessSpec) -> int:
+    """Side length after zero padding to size_divisibility (yhenon adds a full step when divisible)."""
+    d = pre.size_divisibility
+    if d <= 1:
+        return side
+    if pre.pad_extra_when_divisible:
+        return side + d - side % d
+    return -(-side // d) * d
+
+
+def network_input_hw(original_hw: tuple[int, int], spec: ModelSpec) -> tuple[int, int]:
+    """(H, W) of the padded network input for one image of this size (e.g. a static export's shape)."""
+    rh, rw = resized_hw(original_hw, spec.preprocess)
+    return padded_side(rh, spec.preprocess), padded_side(rw, spec.preprocess)
+
+
+def normalize(pixels: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in the spec's channel order, scaled and normalised."""
+    x = pixels.astype(np.float32)
+    if pre.channel_order == "BGR":
+        x = x[:, :, ::-1]
+    elif pre.channel_order != "RGB":
+        raise UsageError(f"preprocess.channel_order={pre.channel_order!r} (use 'RGB' or 'BGR')")
+    # mean/std are given in the network's channel order and in the scaled units.
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    x = (x * np.float32(pre.scale) - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def resize_pixels(pixels: np.ndarray, hw: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with Pillow (antialiased when shrinking, as PIL always is)."""
+    if pixels.shape[:2] == tuple(hw):
+        return pixels
+    try:
+        resample = _RESAMPLE[interpolation]
+    except KeyError:
+        raise UsageError(f"preprocess.interpolation={interpolation!r} (use {', '.join(_RESAMPLE)})") from None
+    h, w = hw
+    return np.asarray(Image.fromarray(pixels).resize((w, h), resample))
+
+
+def preprocess(
+    images: Sequence[ImageInput], spec: ModelSpec, input_hw: tuple[int, int] | None = None
+) -> Batch:
+    """Images -> Batch(images (N, 3, H, W) float32, one ImageMeta each).
+
+    H, W is the largest resized size padded per spec (so images of different sizes share one
+    batch), or `input_hw` when given (a static network input): each image is resized per spec and
+    zero-padded to it; an image whose resized size does not fit raises UsageError.
+    Raises ImageLoadError naming the first input that cannot be read (see iter_batches to go on).
+    """
+    if len(images) == 0:
+        raise UsageError("preprocess needs at least one image")
+    pre = spec.preprocess
+    loaded = [load_image(im) for im in images]
+    sizes = [resized_hw(im.hw, pre) for im in loaded]
+    if input_hw is None:
+        target = (padded_side(max(h for h, _ in sizes), pre), padded_side(max(w for _, w in sizes), pre))
+    else:
+        target = (int(input_hw[0]), int(input_hw[1]))
+        for im, (h, w) in zip(loaded, sizes):
+            if h > target[0] or w > target[1]:
+                raise UsageError(
+                    f"{im.source}: resized to {h}x{w} by the spec, which does not fit the fixed network input "
+                    f"{target[0]}x{target[1]}; export with a larger or dynamic input size"
+                )
+    batch = np.zeros((len(loaded), 3, *target), dtype=np.float32)
+    metas: list[ImageMeta] = []
+    for i, (im, (h, w)) in enumerate(zip(loaded, sizes)):
+        batch[i, :, :h, :w] = normalize(resize_pixels(im.pixels, (h, w), pre.interpolation), pre)
+        metas.append(ImageMeta(original_hw=im.hw, resized_hw=(h, w), input_hw=target, source=im.source))
+    return Batch(images=batch, metas=metas)
+
+
+def iter_batches(
+    images: Iterable[ImageInput],
+    spec: ModelSpec,
+    batch_size: int = 1,
+    input_hw: tuple[int, int] | None = None,
+    failures: list[LoadFailure] | None = None,
+) -> Iterator[Batch]:
+    """Preprocessed batches of up to batch_size images, loading lazily.
+
+    With a `failures` list, an unreadable image is recorded there and the run goes on with the
+    rest; without one, it raises ImageLoadError. Only readable images appear in the batches.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    pending: list[LoadedImage] = []
+    for item in images:
+        if failures is None:
+            pending.append(load_image(item))
+        else:
+            loaded, failed = load_images([item])
+            pending.extend(loaded)
+            failures.extend(failed)
+        if len(pending) == batch_size:
+            yield preprocess(pending, spec, input_hw)
+            pending = []
+    if pending:
+        yield preprocess(pending, spec, input_hw)
