@@ -1,16 +1,76 @@
-"""trt-eval: not built yet (see the open issues); says so instead of failing obscurely."""
+"""trt-eval: COCO bbox AP of a model on an annotated image set or on the synthetic demo set."""
 
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
-from retinanet_trt.cli.common import make_parser, run_main
+from retinanet_trt.cli.common import format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError
+from retinanet_trt.evaluate import STAT_NAMES, evaluate
+from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.runtime.detector import BACKENDS, Detector
+
+EXAMPLES = """\
+  trt-eval demo --demo --demo-images 200 --seed 1
+  trt-eval demo.onnx --demo --backend ort-cpu --json ap.json
+  trt-eval model.onnx --images coco/val2017 --annotations coco/annotations/instances_val2017.json
+"""
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    p = make_parser("trt-eval", "COCO bbox AP (AP, AP50, AP75, APs, APm, APl, per category) via pycocotools.", EXAMPLES)
+    p.add_argument("model", help="an .onnx file, a TensorRT .engine, a checkpoint, or 'demo' (bundled model, torch)")
+    p.add_argument("--images", type=Path, help="folder the annotations' file_name entries are relative to")
+    p.add_argument("--annotations", type=Path, help="COCO instances json")
+    p.add_argument("--demo", action="store_true", help="generate the synthetic val split and evaluate on it")
+    p.add_argument("--demo-images", type=int, default=200, help="images in the generated split (default 200)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the generated split (default 1)")
+    p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--json", type=Path, help="write the stats as JSON here")
+    return p
+
+
+def print_stats(stats: dict, title: str) -> None:
+    print(title)
+    print(format_table(["metric", "value"], [[k, stats[k]] for k in STAT_NAMES]))
+    if stats.get("per_category"):
+        print(format_table(["category", "AP"], [[k, v] for k, v in stats["per_category"].items()]))
 
 
 def _main(argv: list[str] | None) -> int:
-    make_parser("trt-eval", "trt-eval is not built yet.", "  (none yet)\n").parse_args(argv)
-    raise UsageError("trt-eval is not built yet in this version of retinanet-trt")
+    args = build_parser().parse_args(argv)
+    if args.json:
+        check_writable(args.json)
+    if args.demo == bool(args.images or args.annotations):
+        raise UsageError("give either --demo or both --images DIR and --annotations JSON")
+    if not args.demo and not (args.images and args.annotations):
+        raise UsageError("--images and --annotations go together")
+    if args.demo and args.demo_images < 1:
+        raise UsageError(f"--demo-images {args.demo_images}: must be at least 1")
+    detector = Detector.load(args.model, args.backend)
+    with tempfile.TemporaryDirectory(prefix="retinanet_trt_demo_") as tmp:
+        if args.demo:
+            from retinanet_trt.demo.synthetic import generate_dataset
+
+            annotations = generate_dataset(tmp, args.demo_images, args.seed, split="val")
+            images = annotations.parent
+        else:
+            annotations, images = args.annotations, args.images
+            if not images.is_dir():
+                raise UsageError(f"--images {images} is not a folder")
+        stats = evaluate(detector, images, annotations, max_images=args.max_images)
+    stats.update(model=str(args.model), backend=detector.backend.name,
+                 dataset={"demo": args.demo, "images": args.demo_images if args.demo else stats["num_images"],
+                          "seed": args.seed if args.demo else None})
+    print_stats(stats, f"{args.model} [{detector.backend.name}] on {stats['num_images']} images")
+    for failure in stats["failures"]:
+        print(f"trt-eval: skipped {failure['file']}: {failure['error']}", file=sys.stderr)
+    if args.json:
+        write_json_atomic(args.json, stats)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

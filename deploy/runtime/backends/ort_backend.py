@@ -1,0 +1,77 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution provider over one ONNX file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retinanet_trt.errors import UsageError
+from retinanet_trt.export.metadata import read_spec
+from retinanet_trt.runtime.backends.base import StageTimes
+
+PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-trt": "TensorrtExecutionProvider",
+}
+
+
+class OrtBackend:
+    """images (N, 3, H, W) float32 -> {output name: array} via onnxruntime.
+
+    A static ONNX has a fixed input size (`fixed_input_hw`, used by the pre-process to pad to) and
+    maybe a fixed batch; larger batches are then run one image at a time.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0,
+                 profile_dir: str | None = None) -> None:
+        import onnxruntime as ort
+
+        if backend not in PROVIDERS:
+            raise UsageError(f"unknown ONNX Runtime backend {backend!r}; choose one of {', '.join(PROVIDERS)}")
+        provider = PROVIDERS[backend]
+        if provider not in ort.get_available_providers():
+            raise UsageError(
+                f"{backend}: onnxruntime {ort.__version__} here has no {provider} "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a GPU host"
+            )
+        self.name = backend
+        self.path = Path(onnx_path)
+        self.spec = read_spec(self.path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if profile_dir:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        dims = inp.shape
+        self.fixed_batch = dims[0] if isinstance(dims[0], int) else None
+        self.fixed_input_hw = (dims[2], dims[3]) if all(isinstance(d, int) for d in dims[2:4]) else None
+        self.last_times = StageTimes()
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
+            if self.fixed_batch != 1:
+                raise UsageError(f"{self.path.name} takes batches of exactly {self.fixed_batch}; got {images.shape[0]}")
+            parts = [self.session.run(self.output_names, {self.input_name: images[i : i + 1]}) for i in range(len(images))]
+            outs = [np.concatenate(p, axis=0) for p in zip(*parts)]
+        else:
+            outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(images, np.float32)})
+        self.last_times = StageTimes(compute_ms=(time.perf_counter() - t0) * 1e3)
+        return dict(zip(self.output_names, outs))
+
+    def end_profiling(self) -> str:
+        """Stop ORT profiling and return the JSON trace path (per-node times)."""
+        return str(self.session.end_profiling())
+
+    def close(self) -> None:
+        pass
