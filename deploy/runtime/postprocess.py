@@ -1,0 +1,330 @@
+"""Post-processing shared by every backend: raw head outputs -> detections in original pixels.
+
+Per image and level: threshold the logits, keep the top-k (class, anchor) pairs, decode them and
+clip where the source framework clips; then one per-class NMS over all levels, the max-detection
+cap, and the mapping back to the original image (facts/checkpoint-formats.md §1f, 2e, 3e, 4e, 5e).
+
+Determinism: wherever scores tie, the candidate earlier in the frameworks' flattened order wins:
+level first, then (location, anchor, class) as in a (H*W*A, K) score matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from retinanet_trt.model.anchors import grid_anchors
+from retinanet_trt.model.box_coder import decode
+from retinanet_trt.runtime.types import Detections, ImageMeta
+from retinanet_trt.spec import ModelSpec
+
+# A class with more candidate pairs than this (a dense pile of boxes, which grows as its square)
+# runs the greedy loop, which keeps few boxes there and so finishes in few steps.
+_MAX_PAIRS_PER_CLASS = 200_000
+
+
+def score_prefilter(thresh: float) -> np.float32:
+    """The float32 logit bound below which sigmoid(x) (as float32) cannot exceed thresh.
+
+    Comparing logits against it skips the sigmoid over the whole (A*K, H, W) map; it errs low
+    (rounded down), and the exact test `score > thresh` is repeated on the survivors.
+    """
+    t = float(np.float32(thresh))
+    if t <= 0.0:
+        return np.float32(-np.inf)
+    if t >= 1.0:
+        return np.float32(np.inf)
+    bound = math.log(t / (1.0 - t)) - 1e-9 * (1.0 + abs(math.log(t)))
+    return np.nextafter(np.float32(bound), np.float32(-np.inf))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Sigmoid evaluated in float64 and rounded once to float32, so it does not depend on SIMD paths."""
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def _level_candidates(
+    logits: np.ndarray, deltas: np.ndarray, anchors: np.ndarray, spec: ModelSpec, thresh: float, topk: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image, one level: logits (A*K, H, W), deltas (A*4, H, W), anchors (H*W*A, 4).
+
+    Returns boxes (m, 4) float32, scores (m,) float32, classes (m,) int64, sorted by score
+    descending, ties in (location, anchor, class) order. The maps stay in their NCHW layout:
+    only the surviving entries are gathered, never the whole map transposed.
+    """
+    num_a, num_k = spec.head.num_anchors, spec.head.num_classes
+    hw = logits.shape[1] * logits.shape[2]
+    flat = logits.reshape(-1)
+    idx = np.flatnonzero(flat > score_prefilter(thresh))
+    scores = sigmoid(flat[idx])
+    passed = scores > np.float32(thresh)
+    idx, scores = idx[passed], scores[passed]
+
+    channel, loc = np.divmod(idx, hw)
+    anchor_of_loc, cls = np.divmod(channel, num_k)
+    anchor_row = loc * num_a + anchor_of_loc  # row in the (H*W*A, 4) anchor list
+    flat_order = anchor_row * num_k + cls  # position in the frameworks' (H*W*A, K) score matrix
+
+    if topk is not None and scores.size > topk:
+        sel = _topk_indices(scores, flat_order, topk)
+        scores, flat_order, anchor_row, cls, loc, anchor_of_loc = (
+            v[sel] for v in (scores, flat_order, anchor_row, cls, loc, anchor_of_loc)
+        )
+    order = np.lexsort((flat_order, -scores))
+    scores, anchor_row, cls, loc, anchor_of_loc = (v[order] for v in (scores, anchor_row, cls, loc, anchor_of_loc))
+
+    # deltas viewed as (A, 4, H*W): advanced indices around a slice give (m, 4).
+    level_deltas = deltas.reshape(num_a, 4, hw)[anchor_of_loc, :, loc]
+    boxes = decode(level_deltas, anchors[anchor_row], spec.box_coder)
+    return boxes, scores, cls.astype(np.int64)
+
+
+def _topk_indices(scores: np.ndarray, flat_order: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores; ties at the k-th score go to the lowest flat_order.
+
+    np.partition is O(n), so thousands of candidates cost no full sort.
+    """
+    n = scores.size
+    kth = np.partition(scores, n - k)[n - k]
+    above = np.flatnonzero(scores > kth)
+    ties = np.flatnonzero(scores == kth)
+    ties = ties[np.argsort(flat_order[ties], kind="stable")[: k - above.size]]
+    return np.concatenate([above, ties])
+
+
+def _iou(
+    cols: tuple[np.ndarray, ...], areas: np.ndarray, i: np.ndarray | int, j: np.ndarray, one: np.float32
+) -> np.ndarray:
+    """IoU of boxes i and j (index arrays, or a scalar i) in float32, with the arithmetic and order
+    of operations of the torchvision / maskrcnn-benchmark / Detectron CPU NMS kernels.
+
+    cols: x1, y1, x2, y2 (M,) float32; areas (M,) = (x2 - x1 + one) * (y2 - y1 + one).
+    """
+    x1, y1, x2, y2 = cols
+    w = np.maximum(np.float32(0.0), np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]) + one)
+    h = np.maximum(np.float32(0.0), np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]) + one)
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return inter / (areas[i] + areas[j] - inter)
+
+
+def _suppresses(iou: np.ndarray, threshold: float, rule: str) -> np.ndarray:
+    # The C++ kernels compare the float IoU against a double threshold: compare in float64.
+    # NaN (two empty boxes) suppresses nothing, as in those kernels.
+    t = np.float64(threshold)
+    return iou > t if rule == "gt" else iou >= t
+
+
+def _greedy_nms(
+    members: np.ndarray, cols: tuple[np.ndarray, ...], areas: np.ndarray, threshold: float, rule: str,
+    one: np.float32,
+) -> np.ndarray:
+    """Greedy NMS over box indices `members` given in priority order -> the kept ones, in order."""
+    remaining = members
+    kept = []
+    while remaining.size:
+        top, rest = remaining[0], remaining[1:]
+        kept.append(top)
+        remaining = rest[~_suppresses(_iou(cols, areas, top, rest, one), threshold, rule)]
+    return np.array(kept, dtype=np.int64)
+
+
+def _nms_mask(boxes: np.ndarray, classes: np.ndarray, threshold: float, rule: str, plus_one: bool) -> np.ndarray:
+    """Greedy per-class NMS of boxes (n, 4) float32 already in priority order -> keep mask (n,).
+
+    A sweep along x lists the same-class pairs whose x-extents meet (only those can overlap),
+    their IoUs are computed at once, and keep[j] = "no kept i < j suppresses j" is iterated to its
+    fixed point (Cluster-NMS). That fixed point is unique and equals the greedy result, and each
+    round settles at least one more box, so it ends after a few rounds on real detections. A class
+    whose pair list would be huge (a dense pile of boxes, where greedy keeps few) runs the greedy
+    loop instead.
+    """
+    n = classes.shape[0]
+    one = np.float32(1.0 if plus_one else 0.0)
+    cols = tuple(np.ascontiguousarray(boxes[:, c]) for c in range(4))
+    x1, y1, x2, y2 = cols
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+
+    # Sweep order: by class, then x1. A later box in the same class can meet box p only if its
+    # x1 < x2_p + one; count those with integer keys (class, number of x1 values below) so one
+    # searchsorted serves every class. x2 + one is formed in float64 so it cannot round down.
+    sweep = np.lexsort((x1, classes))
+    cls_sorted = classes[sweep]
+    all_x1 = np.sort(x1)
+    keys = cls_sorted * n + np.searchsorted(all_x1, x1[sweep], side="left")
+    position = np.arange(n)
+    # Disjoint x-extents give IoU 0 (or NaN), which suppresses only for a threshold of 0 with "ge".
+    if threshold > 0 or (rule == "gt" and threshold >= 0):
+        reach_x = np.searchsorted(all_x1, x2[sweep].astype(np.float64) + float(one), side="left")
+        end = np.searchsorted(keys, cls_sorted * n + reach_x, side="left")
+    else:
+        end = np.searchsorted(cls_sorted, cls_sorted, side="right")
+    partners = np.maximum(end - position - 1, 0)
+
+    keep = np.ones(n, dtype=bool)
+    block_start = np.flatnonzero(np.r_[True, cls_sorted[1:] != cls_sorted[:-1]])
+    block_pairs = np.add.reduceat(partners, block_start)
+    for b in np.flatnonzero(block_pairs > _MAX_PAIRS_PER_CLASS):
+        stop = block_start[b + 1] if b + 1 < block_start.size else n
+        members = np.sort(sweep[block_start[b] : stop])  # back to priority order
+        keep[members] = False
+        keep[_greedy_nms(members, cols, areas, threshold, rule, one)] = True
+        partners[block_start[b] : stop] = 0
+
+    total = int(partners.sum())
+    if total == 0:
+        return keep
+    first = np.repeat(position, partners)
+    offset = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
+    i, j = sweep[first], sweep[first + 1 + offset]
+    hit = _suppresses(_iou(cols, areas, i, j, one), threshold, rule)
+    i, j = i[hit], j[hit]
+    src, dst = np.minimum(i, j), np.maximum(i, j)  # the higher-priority box suppresses
+    settled = ~keep  # dropped by the greedy loop of a dense class
+    while True:
+        suppressed = settled.copy()
+        suppressed[dst[keep[src]]] = True
+        if np.array_equal(~suppressed, keep):
+            return keep
+        keep = ~suppressed
+
+
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float, rule: str = "gt",
+    plus_one: bool = False, max_keep: int | None = None,
+) -> np.ndarray:
+    """Greedy NMS within each class: boxes (M, 4) float32, scores (M,), classes (M,) int.
+
+    rule "gt": IoU > threshold suppresses (torchvision, detectron2); "ge": IoU >= threshold
+    (maskrcnn-benchmark, Detectron); plus_one: +1 widths and areas (the legacy kernels).
+    Returns (D,) int64 indices of kept boxes by descending score, ties to the lower index, at most
+    max_keep of them: exactly the head of what a box-by-box greedy loop per class keeps.
+
+    Classes never meet, which is what torchvision's class-offset trick achieves, without offset
+    coordinates losing float precision. Whether a box survives depends only on higher-priority
+    boxes, so with max_keep only a prefix of the priority order is resolved, grown until it holds
+    max_keep survivors.
+    """
+    m = scores.shape[0]
+    boxes = np.asarray(boxes, dtype=np.float32)
+    classes = np.asarray(classes, dtype=np.int64)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    priority = np.argsort(-scores, kind="stable")
+    if max_keep is not None and max_keep <= 0:
+        return priority[:0]
+    n = m if max_keep is None else min(m, 4 * max_keep)
+    while True:
+        head = priority[:n]
+        kept = head[_nms_mask(boxes[head], classes[head], threshold, rule, plus_one)]
+        if max_keep is None:
+            return kept
+        if kept.size >= max_keep or n == m:
+            return kept[:max_keep]
+        n = min(m, 4 * n)
+
+
+def _clip(boxes: np.ndarray, x_max: float, y_max: float, lower_only_xy1: bool = False) -> None:
+    """Clamp boxes (M, 4) in place to [0, x_max] x [0, y_max]; yhenon clamps x1, y1 below and
+    x2, y2 above only (lower_only_xy1)."""
+    zero = np.float32(0.0)
+    if lower_only_xy1:
+        np.maximum(boxes[:, 0:2], zero, out=boxes[:, 0:2])
+        np.minimum(boxes[:, 2], np.float32(x_max), out=boxes[:, 2])
+        np.minimum(boxes[:, 3], np.float32(y_max), out=boxes[:, 3])
+        return
+    np.clip(boxes[:, 0::2], zero, np.float32(x_max), out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], zero, np.float32(y_max), out=boxes[:, 1::2])
+
+
+def _to_original(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Scale boxes (M, 4) from resized-image to original-image pixels, per axis."""
+    ratio_h = np.float32(meta.original_hw[0]) / np.float32(meta.resized_hw[0])
+    ratio_w = np.float32(meta.original_hw[1]) / np.float32(meta.resized_hw[1])
+    return boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
+
+
+def postprocess(
+    outputs: dict[str, np.ndarray],
+    spec: ModelSpec,
+    metas: list[ImageMeta],
+    level_times_ms: dict[str, float] | None = None,
+) -> list[Detections]:
+    """Raw outputs -> one Detections per image, boxes in original-image pixels.
+
+    outputs: cls_p{l} (N, A*K, H_l, W_l) logits and box_p{l} (N, A*4, H_l, W_l) deltas for each
+    level l of spec.levels (anchor-major channels). metas: N ImageMeta. If level_times_ms is
+    given, the milliseconds spent on each level ("p3".."p7": threshold, top-k, decode) and on
+    "nms" (merge, clip, NMS, cap, rescale) are added to it, summed over the batch.
+    """
+    post = spec.postprocess
+    levels = spec.levels
+    cls_maps = [outputs[f"cls_p{lv}"] for lv in levels]
+    box_maps = [outputs[f"box_p{lv}"] for lv in levels]
+    n_images = cls_maps[0].shape[0]
+    if len(metas) != n_images:
+        raise ValueError(f"{len(metas)} ImageMeta for a batch of {n_images} images")
+    feature_hws = [(int(c.shape[2]), int(c.shape[3])) for c in cls_maps]
+    label_ids = np.asarray(spec.label_ids(), dtype=np.int64)
+    names = spec.class_names()
+    timing = level_times_ms is not None
+    level_ms = [0.0] * len(levels)
+    nms_ms = 0.0
+
+    results = []
+    for n, meta in enumerate(metas):
+        anchors = grid_anchors(spec, meta.input_hw, feature_hws)
+        parts = []
+        for i in range(len(levels)):
+            t0 = time.perf_counter() if timing else 0.0
+            parts.append(
+                _level_candidates(cls_maps[i][n], box_maps[i][n], anchors[i], spec, post.score_thresh[i], post.topk_per_level)
+            )
+            if timing:
+                level_ms[i] += (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter() if timing else 0.0
+        results.append(_merge(parts, spec, meta, label_ids, names))
+        if timing:
+            nms_ms += (time.perf_counter() - t0) * 1e3
+
+    if level_times_ms is not None:
+        for lv, ms in zip(levels, level_ms):
+            level_times_ms[f"p{lv}"] = level_times_ms.get(f"p{lv}", 0.0) + ms
+        level_times_ms["nms"] = level_times_ms.get("nms", 0.0) + nms_ms
+    return results
+
+
+def _merge(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], spec: ModelSpec, meta: ImageMeta, label_ids: np.ndarray,
+    names: list[str],
+) -> Detections:
+    """Levels of one image -> clip, NMS, cap, rescale, drop empty, in the order the spec's framework does it."""
+    post = spec.postprocess
+    boxes = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
+    classes = np.concatenate([p[2] for p in parts])
+    in_original = False
+    # Where a framework clips decides whether clipped coordinates take part in NMS.
+    if post.clip == "resized":  # torchvision: per level, before NMS
+        _clip(boxes, meta.resized_hw[1], meta.resized_hw[0])
+    elif post.clip == "resized_minus1":  # maskrcnn-benchmark
+        _clip(boxes, meta.resized_hw[1] - 1, meta.resized_hw[0] - 1)
+    elif post.clip == "padded_lower":  # yhenon: padded input, x1/y1 from below, x2/y2 from above
+        _clip(boxes, meta.input_hw[1], meta.input_hw[0], lower_only_xy1=True)
+    elif post.clip == "original_minus1":  # Detectron rescales and clips before its NMS
+        boxes = _to_original(boxes, meta)
+        _clip(boxes, meta.original_hw[1] - 1, meta.original_hw[0] - 1)
+        in_original = True
+
+    keep = batched_nms(boxes, scores, classes, post.nms_iou, post.nms_rule, post.nms_plus_one, post.max_detections)
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if not in_original:
+        boxes = _to_original(boxes, meta)
+    if post.clip == "original":  # detectron2's detector_postprocess, after NMS and the cap
+        _clip(boxes, meta.original_hw[1], meta.original_hw[0])
+    if post.drop_empty:
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+    return Detections(boxes=boxes, scores=scores, labels=label_ids[classes], names=[names[k] for k in classes])
