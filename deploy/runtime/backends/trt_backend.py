@@ -1,0 +1,274 @@
+"""TensorRT engine backend: one engine, one CUDA stream, pinned host and device buffers, optional CUDA graph.
+
+TensorRT is reached only through retinanet_trt.trt_engine and CUDA only through retinanet_trt.cuda_rt
+(cuda-python; see that module for why not pycuda), both imported when a backend is created.
+
+Per run: copy the batch into pinned memory, then on the stream: H2D, execute_async_v3 (or replay
+of a CUDA graph captured for this input shape), D2H of every output; CUDA events around each part
+fill StageTimes. Buffers are sized for the largest shape of every optimization profile, so a shape
+change within the profiles only sets the new input shape (and the profile, when it changes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from retinanet_trt.build import SIDECAR_FORMAT, sidecar_path
+from retinanet_trt.errors import UsageError
+from retinanet_trt.runtime.backends.base import StageTimes
+from retinanet_trt.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from retinanet_trt import cuda_rt
+    from retinanet_trt.trt_engine import LayerTimes, ShapeRange, TensorInfo
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def load_sidecar(engine_path: Path) -> dict[str, Any]:
+    """The JSON trt-build wrote beside the engine (X.engine.json); UsageError if missing or foreign."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise UsageError(f"{path.name} not found beside {engine_path}; trt-build writes it with the engine, keep them together")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path} is not readable JSON ({exc}); rebuild the engine with trt-build") from exc
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise UsageError(f"{path} is not a retinanet_trt engine sidecar; rebuild the engine with trt-build")
+    return sidecar
+
+
+def check_sidecar(sidecar: dict[str, Any], engine_path: Path, *, trt_version: str, gpu_name: str) -> None:
+    """UsageError when the engine was built for another TensorRT or GPU, or the sidecar is another engine's.
+
+    A version-compatible engine may run on the same or a newer TensorRT; any engine needs the GPU
+    it was built on (no hardware-compatibility builds here).
+    """
+    built_trt = str(sidecar.get("tensorrt_version"))
+    built_gpu = str(sidecar.get("gpu", {}).get("name"))
+    version_ok = built_trt == trt_version or (
+        bool(sidecar.get("options", {}).get("version_compatible"))
+        and _version_tuple(trt_version) >= _version_tuple(built_trt)
+    )
+    if not version_ok or built_gpu != gpu_name:
+        raise UsageError(
+            f"{engine_path.name} was built with TensorRT {built_trt} on {built_gpu}, this host has TensorRT "
+            f"{trt_version} on {gpu_name}; rebuild it here with trt-build"
+        )
+    size = engine_path.stat().st_size
+    if sidecar.get("engine_bytes") != size:
+        raise UsageError(
+            f"{engine_path.name}.json describes a {sidecar.get('engine_bytes')}-byte engine, {engine_path.name} has "
+            f"{size} bytes; rebuild it with trt-build"
+        )
+
+
+def _fits(shape: tuple[int, ...], rng: ShapeRange) -> bool:
+    lo, _, hi = rng
+    return len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True))
+
+
+class TrtBackend:
+    """images (N, 3, H, W) float32 -> raw head outputs, from a TensorRT engine built by trt-build."""
+
+    name = "trt"
+
+    def __init__(
+        self,
+        engine_path: str | os.PathLike[str],
+        *,
+        device: int = 0,
+        cuda_graph: bool = False,
+        plugin_libs: Sequence[str | os.PathLike[str]] = (),
+        verbose: bool = False,
+    ) -> None:
+        from retinanet_trt import cuda_rt, trt_engine
+
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise UsageError(f"engine {self.path} not found; build one with trt-build")
+        self.sidecar = load_sidecar(self.path)
+        self.spec = ModelSpec.from_dict(self.sidecar["spec"])
+        ok, why = trt_engine.available()
+        if not ok:
+            raise UsageError(f"backend trt: {why}")
+        cuda_rt.set_device(device)
+        self.device = cuda_rt.device_info(device)
+        check_sidecar(self.sidecar, self.path, trt_version=trt_engine.version(), gpu_name=self.device["name"])
+        options = self.sidecar.get("options", {})
+        libs = [*options.get("plugin_libs", []), *(os.fspath(p) for p in plugin_libs)]
+        self._engine = trt_engine.LoadedEngine(
+            self.path.read_bytes(),
+            dla_core=options.get("dla_core"),
+            version_compatible=bool(options.get("version_compatible")),
+            plugin_libs=libs,
+            verbose=verbose,
+        )
+        inputs = [t for t in self._engine.tensors if t.is_input]
+        if len(inputs) != 1:
+            raise UsageError(f"{self.path.name} has {len(inputs)} inputs; this backend feeds one image batch")
+        self._input: TensorInfo = inputs[0]
+        self._outputs = [t for t in self._engine.tensors if not t.is_input]
+        fixed = self._input.shape
+        self.ranges: list[ShapeRange] = (
+            self._engine.profile_ranges(self._input.name) if -1 in fixed else [(fixed, fixed, fixed)]
+        )
+        self.fixed_input_hw = self._fixed_hw()
+
+        self._stream = cuda_rt.Stream()
+        self._events = [cuda_rt.Event() for _ in range(4)]
+        self._device_buffers: dict[str, cuda_rt.DeviceBuffer] = {}
+        self._host_buffers: dict[str, cuda_rt.PinnedBuffer] = {}
+        self._allocate()
+        self._graph = cuda_rt.CudaGraph() if cuda_graph else None
+        self._layer_times: LayerTimes | None = None
+        self._profile = -1  # forces set_profile on the first run
+        self._shape: tuple[int, ...] | None = None
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
+        self.last_times = StageTimes()
+
+    # ------------------------------------------------------------------ set-up
+    def _fixed_hw(self) -> tuple[int, int] | None:
+        """H, W when every profile pins them (the pre-process then pads to exactly this size)."""
+        sizes = {(lo[2], lo[3]) for lo, _, _ in self.ranges}
+        if len(sizes) == 1 and all(lo[2:] == hi[2:] for lo, _, hi in self.ranges):
+            return sizes.pop()
+        return None
+
+    def _allocate(self) -> None:
+        """Buffers for the largest shapes of all profiles, bound once (addresses never change)."""
+        from retinanet_trt import cuda_rt
+
+        need = {t.name: 0 for t in self._engine.tensors}
+        for index, (_, _, hi) in enumerate(self.ranges):
+            self._engine.set_profile(index, self._stream.handle)
+            self._engine.set_input_shape(self._input.name, hi)
+            need[self._input.name] = max(need[self._input.name], int(np.prod(hi)) * self._input.dtype.itemsize)
+            for out in self._outputs:
+                shape = self._engine.tensor_shape(out.name)
+                if min(shape, default=0) < 0:
+                    raise UsageError(f"output {out.name} has a data-dependent shape; this backend needs fixed-size outputs")
+                need[out.name] = max(need[out.name], int(np.prod(shape)) * out.dtype.itemsize)
+        self._stream.synchronize()
+        for name, nbytes in need.items():
+            self._device_buffers[name] = cuda_rt.DeviceBuffer(nbytes)
+            self._host_buffers[name] = cuda_rt.PinnedBuffer(nbytes)
+            self._engine.set_tensor_address(name, self._device_buffers[name].ptr)
+
+    def enable_layer_profiling(self) -> LayerTimes:
+        """Per-layer times of every later run (TensorRT IProfiler); turns CUDA graph replay off."""
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+        self._layer_times = self._engine.attach_profiler()
+        return self._layer_times
+
+    def layer_information(self) -> str:
+        """The engine inspector's JSON for this engine."""
+        return self._engine.layer_information()
+
+    # ------------------------------------------------------------------ inference
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise UsageError(f"expected images (N, 3, H, W), got shape {images.shape}")
+        shape = tuple(int(d) for d in images.shape)
+        for index, rng in enumerate(self.ranges):
+            if _fits(shape, rng):
+                return self._run(images, index)
+        single = (1, *shape[1:])
+        fits_one = [i for i, rng in enumerate(self.ranges) if _fits(single, rng)]
+        if shape[0] > 1 and fits_one:
+            # An engine built for batch 1: run the images one by one, as the ONNX Runtime backend does.
+            parts, times = [], []
+            for i in range(shape[0]):
+                parts.append(self._run(images[i : i + 1], fits_one[0]))
+                times.append(self.last_times)
+            self.last_times = StageTimes(
+                h2d_ms=sum(t.h2d_ms for t in times),
+                compute_ms=sum(t.compute_ms for t in times),
+                d2h_ms=sum(t.d2h_ms for t in times),
+            )
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        ranges = ", ".join("/".join("x".join(map(str, s)) for s in rng) for rng in self.ranges)
+        raise UsageError(f"input {'x'.join(map(str, shape))} is outside the engine's shape ranges ({ranges}); "
+                         f"rebuild with trt-build --shapes")
+
+    def _run(self, images: np.ndarray, profile: int) -> dict[str, np.ndarray]:
+        from retinanet_trt import cuda_rt
+
+        stream, (start, after_h2d, after_compute, end) = self._stream, self._events
+        shape = tuple(int(d) for d in images.shape)
+        if profile != self._profile:
+            self._engine.set_profile(profile, stream.handle)
+            self._profile, self._shape = profile, None
+        if shape != self._shape:
+            self._engine.set_input_shape(self._input.name, shape)
+            self._out_shapes = {o.name: self._engine.tensor_shape(o.name) for o in self._outputs}
+            self._shape = shape
+            if self._graph is not None:
+                self._graph.close()  # a graph replays one fixed shape; capture again on the next run
+
+        t0 = time.perf_counter()
+        host_in = self._host_buffers[self._input.name]
+        np.copyto(host_in.view(self._input.dtype, shape), images, casting="same_kind")
+        stage_ms = (time.perf_counter() - t0) * 1e3
+        nbytes_in = int(np.prod(shape)) * self._input.dtype.itemsize
+
+        start.record(stream)
+        cuda_rt.copy_h2d_async(self._device_buffers[self._input.name], host_in, nbytes_in, stream)
+        after_h2d.record(stream)
+        self._execute(stream)
+        after_compute.record(stream)
+        for out in self._outputs:
+            nbytes = int(np.prod(self._out_shapes[out.name])) * out.dtype.itemsize
+            cuda_rt.copy_d2h_async(self._host_buffers[out.name], self._device_buffers[out.name], nbytes, stream)
+        end.record(stream)
+        end.synchronize()
+        self.last_times = StageTimes(
+            h2d_ms=after_h2d.ms_since(start),
+            compute_ms=after_compute.ms_since(after_h2d),
+            d2h_ms=end.ms_since(after_compute),
+            extra={"host_staging_ms": stage_ms},
+        )
+        results = {}
+        for out in self._outputs:
+            view = self._host_buffers[out.name].view(out.dtype, self._out_shapes[out.name])
+            # Copy out of the pinned buffer (the next run overwrites it); FP16 heads become FP32 for the post-process.
+            results[out.name] = view.astype(np.float32) if out.dtype == np.float16 else view.copy()
+        return results
+
+    def _execute(self, stream: cuda_rt.Stream) -> None:
+        if self._graph is None:
+            self._engine.execute(stream.handle)
+            return
+        if not self._graph.ready:
+            # TensorRT may set up resources on the first enqueue after a shape change; keep that out of the graph.
+            self._engine.execute(stream.handle)
+            self._graph.begin_capture(stream)
+            try:
+                self._engine.execute(stream.handle)
+            finally:
+                self._graph.end_capture(stream)
+        self._graph.launch(stream)
+
+    def close(self) -> None:
+        """Free the graph, buffers, events and stream, then the engine."""
+        if self._graph is not None:
+            self._graph.close()
+        self._stream.synchronize()
+        for buffers in (self._device_buffers, self._host_buffers):
+            for buf in buffers.values():
+                buf.close()
+            buffers.clear()
+        for event in self._events:
+            event.close()
+        self._stream.close()
+        self._engine.close()
