@@ -98,7 +98,7 @@ def test_grid_is_row_major_with_anchor_innermost(preset: str) -> None:
     hws = [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
     anchors = grid_anchors(spec, (64, 96), hws)
     a = spec.head.num_anchors
-    for i, ((h, w), level) in enumerate(zip(hws, anchors)):
+    for i, ((h, w), level) in enumerate(zip(hws, anchors, strict=True)):
         assert level.shape == (h * w * a, 4) and level.dtype == np.float32
         stride_y, stride_x = (64 // h, 96 // w) if spec.anchors.generator == "torchvision" else (spec.anchors.strides[i],) * 2
         cell = cell_anchors(spec, i)
@@ -111,7 +111,7 @@ def test_cached_and_read_only() -> None:
     spec = get_preset("tiny")
     first = grid_anchors(spec, (64, 96), [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)])
     again = grid_anchors(get_preset("tiny"), (64, 96), [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)])
-    assert all(x is y for x, y in zip(first, again))
+    assert all(x is y for x, y in zip(first, again, strict=True))
     with pytest.raises(ValueError):
         first[0][0, 0] = 1.0
     with pytest.raises(ValueError, match="one feature size per level"):

@@ -290,7 +290,7 @@ def postprocess(
             nms_ms += (time.perf_counter() - t0) * 1e3
 
     if level_times_ms is not None:
-        for lv, ms in zip(levels, level_ms):
+        for lv, ms in zip(levels, level_ms, strict=True):
             level_times_ms[f"p{lv}"] = level_times_ms.get(f"p{lv}", 0.0) + ms
         level_times_ms["nms"] = level_times_ms.get("nms", 0.0) + nms_ms
     return results
