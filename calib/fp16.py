@@ -1,0 +1,89 @@
+"""FP16 as an ONNX-to-ONNX conversion (onnxconverter-common), FP32 kept where values can overflow.
+
+TensorRT 11 has no FP16 builder flag: a strongly typed network runs each layer in the type the
+ONNX file declares, so the conversion decides the precision. Inputs and outputs stay FP32 (Cast
+nodes at the edges), so runners feed and read the same arrays for every precision.
+
+What stays FP32:
+- ops of onnxconverter-common's default block list (ML ops, TopK, NMS, Min/Max, ...), except
+  Resize/Upsample: the FPN's nearest-neighbour upsampling copies values, exact in FP16, and
+  blocking it would add four Casts per FPN level merge;
+- with a calibration set, every node whose observed output magnitude exceeds FP16_SAFE_MAX.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxconverter_common import float16
+
+FP16_MAX = 65504.0
+# 1/16 of FP16's largest value: headroom for inputs brighter or busier than the calibration set.
+FP16_SAFE_MAX = FP16_MAX / 16
+# Nearest-neighbour resampling only copies values, so it is exact in FP16.
+_FP16_SAFE_OPS = {"Resize", "Upsample"}
+OP_BLOCK_LIST = [op for op in float16.DEFAULT_OP_BLOCK_LIST if op not in _FP16_SAFE_OPS]
+
+
+def tensor_peaks(ranges: dict[str, Any]) -> dict[str, float]:
+    """Max |value| per tensor from ORT's TensorsData dict (as saved in the calibration cache)."""
+    peaks: dict[str, float] = {}
+    for name, entry in ranges.get("data", {}).items():
+        lo, hi = entry["lowest"]["data"], entry["highest"]["data"]
+        peaks[name] = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+    return peaks
+
+
+def overflow_nodes(model: onnx.ModelProto, peaks: dict[str, float], limit: float = FP16_SAFE_MAX) -> list[str]:
+    """Names of nodes with an output whose observed magnitude exceeds `limit`."""
+    return [n.name for n in model.graph.node if any(peaks.get(o, 0.0) > limit for o in n.output)]
+
+
+def _has_nearest_only_resizes(model: onnx.ModelProto) -> bool:
+    for node in model.graph.node:
+        if node.op_type in _FP16_SAFE_OPS:
+            mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "nearest")
+            if mode != "nearest":
+                return False
+    return True
+
+
+def convert_fp16(model: onnx.ModelProto, keep_fp32: list[str] | None = None) -> onnx.ModelProto:
+    """FP16 copy of `model` with FP32 inputs/outputs; nodes named in keep_fp32 stay FP32."""
+    block_ops = OP_BLOCK_LIST if _has_nearest_only_resizes(model) else list(float16.DEFAULT_OP_BLOCK_LIST)
+    with warnings.catch_warnings():
+        # The converter warns for every weight it clamps to the FP16 subnormal floor; the
+        # parity figures in the report say whether that matters.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model,
+            # Weights up to FP16's own maximum are representable; the converter's default (1e4)
+            # would clamp weights that FP16 holds.
+            max_finite_val=FP16_MAX,
+            keep_io_types=True,
+            op_block_list=block_ops,
+            node_block_list=list(keep_fp32 or []),
+        )
+    _restore_fp32_resize_params(converted)
+    return converted
+
+
+def _restore_fp32_resize_params(model: onnx.ModelProto) -> None:
+    """Resize's roi and scales inputs are float32 in every opset; the converter turns the
+    constants that feed them into float16, which makes the model invalid. Turn them back."""
+    wanted = {name for n in model.graph.node if n.op_type in _FP16_SAFE_OPS for name in n.input[1:3] if name}
+    for init in model.graph.initializer:
+        if init.name in wanted and init.data_type == onnx.TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in wanted:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT16:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32)))
+    for info in model.graph.value_info:
+        if info.name in wanted and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT

@@ -1,0 +1,93 @@
+"""Which part of the network INT8 hurts most: quantize one group (backbone, fpn, p3..p7) at a time.
+
+Each row quantizes only that group's nodes (the default exclusions stay FP32) from the same cached
+ranges, and measures the raw outputs on the held-out photos against FP32, plus COCO AP when the
+calibration set has annotations. Quantization noise of independent groups adds up roughly in
+power, so a group's share of the summed noise says how much excluding it would buy.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from retinanet_trt.calib import accuracy, int8
+from retinanet_trt.calib.select import groups_present
+from retinanet_trt.export.naming import node_group
+
+# Below this output SQNR the tool recommends exclusions (noise at 1% of the signal power).
+TARGET_SQNR_DB = 20.0
+# With annotations: a group whose INT8 alone costs this much AP (points) is recommended to stay FP32.
+AP_LOSS_POINTS = 0.5
+
+
+def _noise(sqnr_db: float) -> float:
+    """Noise power relative to signal power."""
+    return 0.0 if math.isinf(sqnr_db) else 10 ** (-sqnr_db / 10)
+
+
+def _to_db(noise: float) -> float:
+    return math.inf if noise <= 0 else -10 * math.log10(noise)
+
+
+def sensitivity_sweep(model: onnx.ModelProto, src: Path, ranges: dict[str, Any], method: str, excluded: list[str],
+                      photos: list[np.ndarray], ref_runs: list[dict[str, np.ndarray]], evaluation: Any,
+                      progress: bool = True) -> dict[str, Any]:
+    """{"rows": [...], "recommended_exclusions": [...], "rule": str, "estimated_sqnr_db_after": x}."""
+    groups = [g for g in groups_present(model) if g != "other"]
+    rows: list[dict[str, Any]] = []
+    fp32_ap = None
+    if evaluation is not None:
+        from retinanet_trt.calib.detection_map import map_points
+
+        fp32_ap = map_points(src, evaluation, progress=False)["AP"]
+    with tempfile.TemporaryDirectory(prefix="retinanet_trt.sens.") as tmp:
+        for group in tqdm(groups, desc="sensitivity", unit="group", disable=not progress, leave=False):
+            nodes = [n.name for n in model.graph.node if node_group(n.name) == group and n.name not in excluded]
+            if not nodes:
+                continue
+            path = Path(tmp) / f"{group}.onnx"
+            int8.quantize(src, path, ranges, int8.QuantizeConfig(method, list(excluded), nodes))
+            cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(accuracy.session(path), photos))
+            worst = min(cmp, key=lambda k: cmp[k]["sqnr_db"])
+            row: dict[str, Any] = {"group": group, "nodes": len(nodes), "sqnr_db": cmp[worst]["sqnr_db"],
+                                   "worst_output": worst, "cosine": cmp[worst]["cosine"]}
+            if evaluation is not None and fp32_ap is not None:
+                from retinanet_trt.calib.detection_map import map_points
+
+                row["ap"] = map_points(path, evaluation, progress=False)["AP"]
+                row["ap_lost"] = fp32_ap - row["ap"]
+            rows.append(row)
+    total = sum(_noise(r["sqnr_db"]) for r in rows)
+    for r in rows:
+        r["noise_share"] = _noise(r["sqnr_db"]) / total if total > 0 else 0.0
+    return {"rows": rows, **_recommend(rows, fp32_ap)}
+
+
+def _recommend(rows: list[dict[str, Any]], fp32_ap: float | None) -> dict[str, Any]:
+    """Groups to keep in FP32: by AP lost when measured, else greedily by noise until the summed
+    noise estimate reaches TARGET_SQNR_DB."""
+    if fp32_ap is not None:
+        chosen = [r["group"] for r in sorted(rows, key=lambda r: -r["ap_lost"]) if r["ap_lost"] >= AP_LOSS_POINTS]
+        rule = f"groups whose INT8 alone loses >= {AP_LOSS_POINTS} AP points"
+    else:
+        chosen = []
+        rule = f"largest noise shares until the estimated output SQNR reaches {TARGET_SQNR_DB} dB"
+    remaining = sorted(rows, key=lambda r: -_noise(r["sqnr_db"]))
+    noise = sum(_noise(r["sqnr_db"]) for r in remaining)
+    estimate_all = _to_db(noise)
+    if fp32_ap is None:
+        while remaining and _to_db(noise) < TARGET_SQNR_DB:
+            top = remaining.pop(0)
+            chosen.append(top["group"])
+            noise -= _noise(top["sqnr_db"])
+    else:
+        noise -= sum(_noise(r["sqnr_db"]) for r in rows if r["group"] in chosen)
+    return {"recommended_exclusions": chosen, "rule": rule, "estimated_sqnr_db_all": estimate_all,
+            "estimated_sqnr_db_after": _to_db(max(noise, 0.0))}

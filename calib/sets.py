@@ -1,0 +1,172 @@
+"""Calibration sets: an image folder, a COCO json or `demo` (the synthetic shapes generator).
+
+Images go through the runner's own pre-process (retinanet_trt.runtime.preprocess) with the spec
+stored in the ONNX file, so the calibrated ranges are those the deployed model sees. Sampling is
+deterministic: a seeded permutation of the set, walked until N images were read and fit the
+model's input; unreadable images and ones that do not fit a static input are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from retinanet_trt.errors import UsageError
+from retinanet_trt.runtime.images import ImageLoadError, LoadedImage, find_images, load_image
+from retinanet_trt.runtime.preprocess import preprocess, resized_hw
+from retinanet_trt.spec import ModelSpec
+
+DEMO = "demo"
+DEMO_CALIB_SPLIT = "calib"  # never the split the demo model trains or is evaluated on
+
+
+@dataclass
+class CalibSource:
+    """Where a calibration set's images come from.
+
+    kind: "folder", "coco" or "demo"; paths: the image files (folder, coco); annotations: the COCO
+    json (coco); image_ids: COCO image id per path; root: the folder file_name entries are relative to.
+    """
+
+    kind: str
+    name: str
+    paths: list[Path] = field(default_factory=list)
+    annotations: Path | None = None
+    image_ids: list[int] = field(default_factory=list)
+    root: Path | None = None
+
+
+@dataclass
+class CalibImages:
+    """Pre-processed calibration inputs and an account of how they were chosen.
+
+    inputs: one (B, 3, H, W) float32 array per model run; sources: the images used, in order;
+    digest: sha256 over the images' bytes (their files, or pixels for generated ones).
+    """
+
+    inputs: list[np.ndarray]
+    sources: list[str]
+    digest: str
+    skipped_unreadable: list[str] = field(default_factory=list)
+    skipped_unfit: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "images_used": len(self.sources),
+            "skipped_unreadable": len(self.skipped_unreadable),
+            "skipped_unfit": len(self.skipped_unfit),
+            "examples_skipped": (self.skipped_unreadable + self.skipped_unfit)[:5],
+        }
+
+
+def open_calib_set(calib: str, image_root: str | Path | None = None) -> CalibSource:
+    """`demo`, a folder of images or a COCO json -> CalibSource; UsageError for anything else."""
+    if calib == DEMO:
+        return CalibSource("demo", DEMO)
+    path = Path(calib)
+    if path.is_dir():
+        paths = find_images([path])
+        if not paths:
+            raise UsageError(f"calibration folder {path} holds no images (looked for .jpg, .png, ...)")
+        return CalibSource("folder", str(path), paths)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return _open_coco(path, Path(image_root) if image_root else path.parent)
+    if path.exists():
+        raise UsageError(f"--calib {calib}: give an image folder, a COCO .json or 'demo'")
+    raise UsageError(f"--calib {calib}: no such folder or file (give an image folder, a COCO .json or 'demo')")
+
+
+def _open_coco(path: Path, root: Path) -> CalibSource:
+    try:
+        coco = json.loads(path.read_text())
+        entries = [(int(im["id"]), str(im["file_name"])) for im in coco["images"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a COCO json with an 'images' list ({type(exc).__name__}: {exc})") from exc
+    if not entries:
+        raise UsageError(f"{path}: the COCO json lists no images")
+    entries.sort()
+    return CalibSource("coco", str(path), [root / name for _, name in entries], path, [i for i, _ in entries], root)
+
+
+def _demo_images(count: int, seed: int) -> Iterator[tuple[str, LoadedImage, bytes]]:
+    # Imported here: the generator draws shapes with Pillow and is only needed for `demo`.
+    from retinanet_trt.demo.synthetic import iter_samples
+
+    for sample in iter_samples(count, seed, DEMO_CALIB_SPLIT):
+        name = f"demo:{DEMO_CALIB_SPLIT}:{seed}:{sample.index}"
+        yield name, LoadedImage(sample.image, name), sample.image.tobytes()
+
+
+def _file_images(paths: list[Path], seed: int) -> Iterator[tuple[str, LoadedImage | ImageLoadError, bytes]]:
+    for i in np.random.default_rng(seed).permutation(len(paths)):
+        path = paths[int(i)]
+        try:
+            data = path.read_bytes()
+            yield str(path), load_image(path), data
+        except (OSError, ImageLoadError) as exc:
+            err = exc if isinstance(exc, ImageLoadError) else ImageLoadError(f"{path}: {exc}")
+            yield str(path), err, b""
+
+
+def load_calibration(
+    source: CalibSource,
+    spec: ModelSpec,
+    count: int,
+    seed: int,
+    input_hw: tuple[int, int] | None,
+    batch: int = 1,
+    progress: bool = True,
+) -> CalibImages:
+    """Read, check and pre-process up to `count` images, sampled deterministically by `seed`.
+
+    input_hw: the model's static (H, W), or None for a dynamic input (each run then takes the
+    spec's padded size). batch: the model's static batch size; a last partial batch is filled
+    up by repeating its first images, which leaves min/max ranges unchanged.
+    """
+    if count < 1:
+        raise UsageError(f"--calib-images must be >= 1, got {count}")
+    stream = _demo_images(count, seed) if source.kind == "demo" else _file_images(source.paths, seed)
+    total = count if source.kind == "demo" else min(count, len(source.paths))
+    picked: list[LoadedImage] = []
+    sources: list[str] = []
+    digest = hashlib.sha256()
+    unreadable: list[str] = []
+    unfit: list[str] = []
+    bar = tqdm(total=total, desc="calibration images", unit="img", disable=not progress, leave=False)
+    try:
+        for name, image, data in stream:
+            if isinstance(image, ImageLoadError):
+                unreadable.append(str(image))
+                continue
+            if input_hw is not None:
+                h, w = resized_hw(image.hw, spec.preprocess)
+                if h > input_hw[0] or w > input_hw[1]:
+                    unfit.append(f"{name}: resized to {h}x{w}")
+                    continue
+            picked.append(image)
+            sources.append(name)
+            digest.update(hashlib.sha256(data).digest())
+            bar.update(1)
+            if len(picked) == count:
+                break
+    finally:
+        bar.close()
+    if not picked:
+        detail = []
+        if unreadable:
+            detail.append(f"{len(unreadable)} unreadable (first: {unreadable[0]})")
+        if unfit:
+            detail.append(f"{len(unfit)} do not fit the static input {input_hw[0]}x{input_hw[1]} after the spec's resize "  # type: ignore[index]
+                          f"(first: {unfit[0]}); export with --dynamic or a larger --input-size")
+        raise UsageError(f"no usable calibration images in {source.name}: " + "; ".join(detail or ["the set is empty"]))
+    inputs = []
+    for start in range(0, len(picked), batch):
+        chunk = [picked[(start + k) % len(picked)] for k in range(batch)]
+        inputs.append(preprocess(chunk, spec, input_hw).images)
+    return CalibImages(inputs, sources, digest.hexdigest(), unreadable, unfit)
