@@ -1,0 +1,149 @@
+"""Read checkpoint files without ever running code stored in them.
+
+- zip-format ``.pth``/``.pt`` and legacy torch files: ``torch.load(weights_only=True)``, with numpy
+  arrays allowed (some converted checkpoints hold them);
+- plain pickles (detectron2 ``.pkl`` "model" dicts, Detectron/Caffe2 ``.pkl`` "blobs"): a
+  restricted unpickler that can only build numpy arrays, dicts, lists, tuples, strings and
+  numbers; any other global is refused by name before anything is called;
+- MindSpore ``.ckpt`` (protobuf): tensor names, dtypes and shapes only (see importers.mindspore).
+
+The file's format is sniffed from its first bytes, not trusted from its extension.
+"""
+
+from __future__ import annotations
+
+import _codecs
+import io
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retinanet_trt.errors import UsageError
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _np_multiarray
+    from numpy._core import numeric as _np_numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _np_multiarray  # type: ignore[no-redef]
+    from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
+
+# torch.save's legacy (pre-1.6, non-zip) format starts with a pickle of this number.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class UnsafeCheckpointError(UsageError):
+    """The checkpoint's pickle asks for a global that is not plain data; nothing was run."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Python 3 pickles (protocol < 3) store bytes as `_codecs.encode(text, "latin1")`; allow only that."""
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafeCheckpointError(f"pickle calls _codecs.encode with encoding {encoding!r}; only latin1 is allowed")
+    return _codecs.encode(text, encoding)
+
+
+# (module, name) -> object. numpy 1.x pickles name numpy.core.*, numpy 2.x numpy._core.*; both
+# resolve to the same data-only constructors.
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): dict,  # a dict is all a state dict needs
+    ("_codecs", "encode"): _latin1_encode,
+}
+for _pkg in ("numpy.core", "numpy._core"):
+    _SAFE_GLOBALS[(f"{_pkg}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
+    _SAFE_GLOBALS[(f"{_pkg}.multiarray", "scalar")] = _np_multiarray.scalar
+    _SAFE_GLOBALS[(f"{_pkg}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+
+# What torch.load(weights_only=True) must additionally accept to read numpy arrays in a .pth:
+# numpy 2 pickles an array's dtype through its DType class.
+_TORCH_NUMPY_GLOBALS: list[Any] = [
+    _np_multiarray._reconstruct, _np_multiarray.scalar, np.ndarray, np.dtype,
+    *(type(np.dtype(c)) for c in "?bhilqBHILQefd"),
+]
+
+
+@dataclass
+class LoadedFile:
+    """obj: what the file holds (dicts of tensors / arrays); kind: "torch", "pickle" or "mindspore"."""
+
+    obj: Any
+    kind: str
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose only callables are numpy's array/dtype/scalar rebuilders and dict."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafeCheckpointError(
+                f"refused to unpickle: the file asks for the global {module}.{name}, which is not plain data "
+                "(only numpy arrays, dicts, lists, tuples, strings and numbers are allowed); nothing from the "
+                "file was run. If the file is trusted, re-save just its tensors (a dict of arrays)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError("refused to unpickle: the file uses persistent ids (external storage)")
+
+
+def load_pickle(data: bytes | io.BufferedIOBase) -> Any:
+    """Unpickle plain data only. latin1 lets Python 2 pickles (Detectron/Caffe2) rebuild numpy arrays."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    return RestrictedUnpickler(stream, encoding="latin1").load()
+
+
+def load_checkpoint_file(path: str | Path) -> LoadedFile:
+    """Load a checkpoint safely; UsageError for missing, empty, truncated, corrupt or unsafe files."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"checkpoint {p} not found")
+    with p.open("rb") as f:
+        head = f.read(8)
+    if not head:
+        raise UsageError(f"checkpoint {p} is empty")
+    if head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(p):
+        return LoadedFile(_torch_load(p), "torch")
+    if head[0] == 0x0A:  # protobuf field 1, length-delimited: MindSpore's Checkpoint.value; no pickle starts so
+        from retinanet_trt.importers.mindspore import read_ckpt_index
+
+        return LoadedFile(read_ckpt_index(p), "mindspore")
+    try:
+        with p.open("rb") as f:
+            obj = load_pickle(f)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{p}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+        raise UsageError(f"{p} is truncated or not a checkpoint (pickle error: {_one_line(exc)})") from None
+    if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
+        return LoadedFile(_torch_load(p), "torch")
+    return LoadedFile(obj, "pickle")
+
+
+def _torch_load(p: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(_TORCH_NUMPY_GLOBALS):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{p}: refused to load: the checkpoint's pickle asks for {found.group(1)}, which is not a tensor or "
+                "plain container (torch.load ran with weights_only=True, so nothing was run). A file saved as a "
+                "whole module (torch.save(model)) must be re-saved as torch.save(model.state_dict())"
+            ) from None
+        raise UsageError(f"{p} is truncated or corrupt ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - zip/pickle/storage errors all mean a damaged file
+        raise UsageError(f"{p} is truncated or corrupt ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
