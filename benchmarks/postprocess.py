@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "loop_ms": lp["median"], "loop_p90_ms": lp["p90"], "loop_min_ms": lp["min"],
         "ratio": lp["median"] / v["median"], "identical": same,
         "vectorized_level_ms_mean": {name: ms / args.iters for name, ms in level_ms.items()},
+        # Other processes share this machine: the ratio is the robust figure, absolute times move with load.
+        "load_average_1m": os.getloadavg()[0], "cpu_count": os.cpu_count(),
         "versions": {"numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
                      "processor": platform.processor() or platform.machine()},
     }

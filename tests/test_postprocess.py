@@ -192,10 +192,9 @@ def test_threshold_on_logits_equals_sigmoid_threshold_at_the_boundary() -> None:
     # Logits a few float32 steps either side of logit(thresh), where a loose logit compare would err.
     for i, lv in enumerate(spec.levels):
         t = spec.postprocess.score_thresh[i]
-        centre = np.float32(math.log(t / (1 - t))) if t > 0 else np.float32(-104.0)
-        steps = np.arange(-20, 21).astype(np.float32)
-        near = np.nextafter(centre, np.float32(np.inf)) if t > 0 else centre
-        values = (near + steps * np.spacing(np.abs(near))).astype(np.float32)
+        # For t = 0 the edge is where sigmoid rounds to 0 in float32: exp(x) = 2^-150.
+        centre = np.float32(math.log(t / (1 - t)) if t > 0 else -150 * math.log(2))
+        values = (centre + np.arange(-20, 21) * np.spacing(np.abs(centre))).astype(np.float32)
         flat = outputs[f"cls_p{lv}"].reshape(-1)
         flat[: values.size] = values
     expected = sum(int((_sigmoid(outputs[f"cls_p{lv}"]) > np.float32(t)).sum())
