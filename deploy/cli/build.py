@@ -26,6 +26,9 @@ EXAMPLES = """\
 """
 
 _DIMS = re.compile(r"^[1-9]\d*(x[1-9]\d*)*$")
+CALIB_IMAGES = 64
+# TensorRT's names for the range estimators -> the names retinanet_trt.calib uses for them.
+CALIB_METHODS = {"max": "minmax", "entropy": "entropy", "percentile": "percentile"}
 
 
 def parse_shape_range(text: str) -> ShapeRange:
@@ -52,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="convert to FP16 (FP32 kept where values can overflow)")
     prec.add_argument("--int8", action="store_true", help="quantize to INT8 Q/DQ with scales from --calib")
-    p.add_argument("--calib", metavar="SET", help="calibration set for --int8: an image folder, a COCO json or 'demo'")
+    p.add_argument("--calib", metavar="SET", help="calibration set: an image folder, a COCO json or 'demo' "
+                   "(needed by --int8; optional for --fp16, where it finds overflow-prone nodes to keep in FP32)")
     p.add_argument("--calib-cache", type=Path, metavar="F", help="calibration cache to reuse or write")
-    p.add_argument("--calib-images", type=int, metavar="N", help="calibration images to use (default 128)")
-    p.add_argument("--calib-method", choices=("max", "entropy", "percentile"), help="activation range (default entropy)")
+    p.add_argument("--calib-images", type=int, metavar="N", help=f"calibration images to use (default {CALIB_IMAGES})")
+    p.add_argument("--calib-method", choices=tuple(CALIB_METHODS), help="INT8 activation ranges (default max)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling the calibration images")
     p.add_argument("-o", "--output", type=Path, help="engine path (default: MODEL's name with .engine / .fp16.engine)")
     p.add_argument("--workspace", type=float, metavar="GB", help="builder workspace memory limit in GiB")
@@ -79,8 +83,8 @@ def _check_calib_flags(args: argparse.Namespace) -> None:
              if value is not None]
     if args.int8 and args.calib is None:
         raise UsageError("--int8 needs a calibration set: --calib DIR, --calib COCO.json or --calib demo")
-    if given and not args.int8:
-        raise UsageError(f"{given[0]} only applies to --int8")
+    if given and not (args.int8 or args.fp16):
+        raise UsageError(f"{given[0]} only applies to --fp16 or --int8")
     if args.calib_images is not None and args.calib_images < 1:
         raise UsageError(f"--calib-images {args.calib_images}: use at least 1")
 
@@ -115,10 +119,10 @@ def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> d
         precision,
         out,
         calib=args.calib,
-        calib_images=args.calib_images or 128,
+        calib_images=args.calib_images or CALIB_IMAGES,
         seed=args.seed,
         cache=args.calib_cache,
-        method=args.calib_method or "entropy",
+        method=CALIB_METHODS[args.calib_method or "max"],
     )
 
 
@@ -143,7 +147,8 @@ def _main(argv: list[str] | None) -> int:
     found = detect_precision(source)
     if found != "fp32" and precision != "fp32" and found != precision:
         raise UsageError(f"{args.model} is already {found}; pass the FP32 ONNX from trt-export")
-    resolve_profiles(onnx_inputs(source), args.shapes, dla=args.dla_core is not None)
+    if args.shapes or not args.onnx_only:  # the precision ONNX alone needs no shape ranges
+        resolve_profiles(onnx_inputs(source), args.shapes, dla=args.dla_core is not None)
     engine_path, precision_onnx = _output_paths(args, precision)
     needs_conversion = precision != "fp32" and found != precision
     if args.onnx_only and not needs_conversion:
@@ -162,11 +167,13 @@ def _main(argv: list[str] | None) -> int:
                   f"{precision if precision != 'fp32' else 'FP16/INT8'} ONNX)", file=sys.stderr)
             return EXIT_USAGE
 
-    onnx_for_build = args.model
+    onnx_for_build, calib_cache = args.model, None
     if needs_conversion:
-        convert(args.model, precision, precision_onnx, args)
+        report = convert(args.model, precision, precision_onnx, args)
         print(f"wrote {precision_onnx} ({precision})")
         onnx_for_build = precision_onnx
+        cache_file = Path(report.get("cache", {}).get("path") or args.calib_cache or "")
+        calib_cache = cache_file if cache_file.is_file() else None
     if args.onnx_only:
         return 0
 
@@ -182,7 +189,7 @@ def _main(argv: list[str] | None) -> int:
         gpu_fallback=args.gpu_fallback,
         version_compatible=args.version_compatible,
         plugin_libs=args.plugin_lib,
-        calib_cache=args.calib_cache if args.calib_cache is not None and args.calib_cache.is_file() else None,
+        calib_cache=calib_cache,
         verbose=args.verbose,
     )
     print(
