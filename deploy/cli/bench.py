@@ -1,4 +1,4 @@
-"""trt-bench: not built yet (see the open issues); says so instead of failing obscurely."""
+"""trt-bench: latency end to end, by part and by FPN level, for one backend or several side by side."""
 
 from __future__ import annotations
 
@@ -6,11 +6,71 @@ import sys
 
 from retinanet_trt.cli.common import make_parser, run_main
 from retinanet_trt.errors import UsageError
+from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.runtime.detector import BACKENDS, default_backend
+
+EXAMPLES = """\
+  trt-bench m.onnx --backend ort-cpu --warmup 2 --iterations 20 --json bench.json --plot bench.png
+  trt-bench m.onnx --compare torch,ort-cpu --threads 2          # torch weights from the --random-init seed
+  trt-bench m.onnx --compare torch,ort-cpu --torch-checkpoint model_final.pth --images photos/
+  trt-bench model.fp16.engine --backend trt --iterations 200
+"""
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    p = make_parser("trt-bench", "Measure pre-process, H2D, compute, D2H and post-process (median, p90, p99, "
+                    "images/s), and compute per FPN level from profiled runs; several backends in one run.", EXAMPLES)
+    p.add_argument("model", help="an .onnx file, a TensorRT .engine, a checkpoint, or 'demo'")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--backend", help=f"one of {', '.join(BACKENDS)} (default: from the model file type)")
+    which.add_argument("--compare", help="comma-separated backends run side by side, ratios to the first")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input size (default: the model's fixed size, else the spec's)")
+    p.add_argument("--images", nargs="+", metavar="DIR", help="image files or folders (default: a synthetic photo)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--profile-runs", type=int, help="profiled runs for the per-level split (default: --iterations; 0: none)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and PyTorch (0: their default)")
+    p.add_argument("--torch-checkpoint", help="weights for the torch backend when MODEL is an ONNX file")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--plot", help="write a PNG bar chart here")
+    return p
 
 
 def _main(argv: list[str] | None) -> int:
-    make_parser("trt-bench", "trt-bench is not built yet.", "  (none yet)\n").parse_args(argv)
-    raise UsageError("trt-bench is not built yet in this version of retinanet-trt")
+    from retinanet_trt.bench import PROTOCOL_MIN_ITERATIONS, BenchOptions, format_report, plot_report, run_bench
+
+    args = build_parser().parse_args(argv)
+    if args.compare is not None:
+        backends = [b.strip() for b in args.compare.split(",") if b.strip()]
+        if not backends:
+            raise UsageError("--compare needs backends, e.g. --compare torch,ort-cpu")
+    else:
+        backends = [args.backend or default_backend(args.model)]
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads}: give 0 (library default) or a positive count")
+    for out in (args.json, args.plot):
+        if out:
+            check_writable(out)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"--plot {args.plot}: the chart is a PNG; give a .png file name")
+    if args.iterations < PROTOCOL_MIN_ITERATIONS:
+        print(f"trt-bench: note: {args.iterations} timed iterations; the benchmark protocol asks for at least "
+              f"{PROTOCOL_MIN_ITERATIONS}", file=sys.stderr)
+    opts = BenchOptions(
+        input_hw=tuple(args.input_size) if args.input_size else None,  # type: ignore[arg-type]
+        warmup=args.warmup, iterations=args.iterations, profile_runs=args.profile_runs, threads=args.threads,
+        images=args.images, torch_checkpoint=args.torch_checkpoint,
+    )
+    report = run_bench(args.model, backends, opts, log=lambda msg: print(f"trt-bench: {msg}", file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        write_json_atomic(args.json, report)
+        print(f"JSON -> {args.json}")
+    if args.plot:
+        plot_report(report, args.plot)
+        print(f"PNG -> {args.plot}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
