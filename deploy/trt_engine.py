@@ -240,10 +240,11 @@ def build_serialized(onnx_path: str | os.PathLike[str], options: BuildOptions) -
         for name, (lo, opt, hi) in ranges.items():
             profile.set_shape(name, _dims(lo), _dims(opt), _dims(hi))
         config.add_optimization_profile(profile)
+    # create_timing_cache gives None for a corrupt file; set_timing_cache refuses one from another
+    # GPU or TensorRT version. Either way the build starts from an empty cache instead of failing.
     cache = config.create_timing_cache(options.timing_cache) if options.timing_cache else None
     timing_cache_reused = cache is not None and config.set_timing_cache(cache, False)
     if not timing_cache_reused:
-        # No cache, or one from another GPU/TensorRT version (refused): start empty instead of failing.
         config.set_timing_cache(config.create_timing_cache(b""), False)
     if options.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
