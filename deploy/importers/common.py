@@ -137,7 +137,7 @@ def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> A
         idx = [int(m.group(1)) for k in shapes if (m := re.match(rf"backbone\.layer{stage}\.(\d+)\.", k))]
         blocks.append(max(idx) + 1 if idx else 0)
     bottleneck = any(re.match(r"backbone\.layer1\.0\.conv3\.", k) for k in shapes)
-    if any(blocks):
+    if all(blocks):  # with a stage absent, the fit check reports the missing tensors instead
         depth = _DEPTHS.get((bottleneck, tuple(blocks)))
         if depth is None:
             kind = "bottleneck" if bottleneck else "basic"
