@@ -259,7 +259,7 @@ def test_cli_int8_report_and_usage_errors(static_tiny: Path, tmp_path: Path, cap
     text = capsys.readouterr().out
     assert "cls SQNR dB" in text and "lint: PASS" in text
     report = json.loads(rep.read_text())
-    assert set(report["sqnr_db"]) == {f"{k}_p{l}" for k in ("cls", "box") for l in range(3, 8)}
+    assert set(report["sqnr_db"]) == {f"{k}_p{lv}" for k in ("cls", "box") for lv in range(3, 8)}
     assert report["lint"]["passed"] and report["cache"]["path"].endswith("m.int8.calib.json")
     assert "map" not in report  # a plain folder has no annotations
     assert main([str(static_tiny), "--int8"]) == 2
