@@ -267,9 +267,12 @@ def build_serialized(onnx_path: str | os.PathLike[str], options: BuildOptions) -
     engine_bytes = bytes(serialized)
     timing_cache = bytes(config.get_timing_cache().serialize())
 
+    # Loaded back only for the inspector's layer JSON, with the settings the backend will use.
     runtime = trt.Runtime(logger)
     if options.version_compatible:
         runtime.engine_host_code_allowed = True
+    if options.dla_core is not None:
+        runtime.DLA_core = options.dla_core
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise TrtError(f"TensorRT built an engine it cannot load back: {_last_errors(errors)}")
