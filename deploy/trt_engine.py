@@ -137,7 +137,8 @@ def load_plugin_libraries(paths: Sequence[str | os.PathLike[str]]) -> None:
         if not os.path.isfile(real):
             raise TrtError(f"plugin library {path} not found")
         if hasattr(registry, "load_library"):
-            # The registry's own loader also records the library for version-compatible engines.
+            # TensorRT's own loader where the bindings have it; otherwise a global dlopen lets the
+            # library's static plugin registration run, which is how older releases load plugins.
             if registry.load_library(real) is None:
                 raise TrtError(f"TensorRT could not load plugin library {path}")
         else:
@@ -372,13 +373,6 @@ class LoadedEngine:
         self._profiler = _make_profiler(times)
         self._context.profiler = self._profiler
         return times
-
-    def layer_information(self) -> str:
-        """The engine inspector's JSON (layer names, types, tactics; full detail if built DETAILED)."""
-        import tensorrt as trt
-
-        inspector = self._engine.create_engine_inspector()
-        return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
 
     def close(self) -> None:
         """Release the context, then the engine, then the runtime (TensorRT's required order)."""

@@ -171,10 +171,6 @@ class TrtBackend:
         self._layer_times = self._engine.attach_profiler()
         return self._layer_times
 
-    def layer_information(self) -> str:
-        """The engine inspector's JSON for this engine."""
-        return self._engine.layer_information()
-
     # ------------------------------------------------------------------ inference
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if images.ndim != 4 or images.shape[1] != 3:
