@@ -132,8 +132,15 @@ def _main(argv: list[str] | None) -> int:
     _check_calib_flags(args)
     if args.onnx_only and precision == "fp32":
         raise UsageError("--onnx-only writes the FP16 or INT8 ONNX; add --fp16 or --int8")
+    # Check everything about the source and the options before any long conversion or build.
+    source = load_onnx(args.model)
+    read_spec(source)
+    found = detect_precision(source)
+    if found != "fp32" and precision != "fp32" and found != precision:
+        raise UsageError(f"{args.model} is already {found}; pass the FP32 ONNX from trt-export")
+    target = found if precision == "fp32" else precision  # what the engine will compute in
     check_options(
-        precision=precision,
+        precision=target,
         workspace_gb=args.workspace,
         builder_opt_level=args.builder_opt_level,
         dla_core=args.dla_core,
@@ -141,12 +148,6 @@ def _main(argv: list[str] | None) -> int:
         plugin_libs=args.plugin_lib,
         calib_cache=None,  # --calib-cache may be written by the conversion
     )
-    # Check everything about the source before any long conversion or build.
-    source = load_onnx(args.model)
-    read_spec(source)
-    found = detect_precision(source)
-    if found != "fp32" and precision != "fp32" and found != precision:
-        raise UsageError(f"{args.model} is already {found}; pass the FP32 ONNX from trt-export")
     if args.shapes or not args.onnx_only:  # the precision ONNX alone needs no shape ranges
         resolve_profiles(onnx_inputs(source), args.shapes, dla=args.dla_core is not None)
     engine_path, precision_onnx = _output_paths(args, precision)
@@ -180,7 +181,7 @@ def _main(argv: list[str] | None) -> int:
     sidecar = build_engine(
         onnx_for_build,
         engine_path,
-        precision=found if precision == "fp32" else precision,
+        precision=target,
         shapes=args.shapes,
         workspace_gb=args.workspace,
         timing_cache=args.timing_cache,
