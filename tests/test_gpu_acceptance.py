@@ -88,7 +88,7 @@ def test_dynamic_engine_profiles_graph_and_sidecar(tiny_onnx, tmp_path: Path) ->
                 np.testing.assert_allclose(value, replayed[name], rtol=1e-4, atol=1e-5)
         with pytest.raises(UsageError, match="outside the engine's shape ranges"):
             plain.run(np.zeros((1, 3, 512, 512), np.float32))
-        times = plain.enable_layer_profiling()
+        times = plain.attach_profiler()
         plain.run(np.zeros((1, 3, 128, 160), np.float32))
         assert times.ms and all(v for v in times.ms.values())
     finally:

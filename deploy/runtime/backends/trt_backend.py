@@ -163,7 +163,7 @@ class TrtBackend:
             self._host_buffers[name] = cuda_rt.PinnedBuffer(nbytes)
             self._engine.set_tensor_address(name, self._device_buffers[name].ptr)
 
-    def enable_layer_profiling(self) -> LayerTimes:
+    def attach_profiler(self) -> LayerTimes:
         """Per-layer times of every later run (TensorRT IProfiler); turns CUDA graph replay off."""
         if self._graph is not None:
             self._graph.close()
