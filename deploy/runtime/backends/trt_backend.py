@@ -129,7 +129,6 @@ class TrtBackend:
         self._host_buffers: dict[str, cuda_rt.PinnedBuffer] = {}
         self._allocate()
         self._graph = cuda_rt.CudaGraph() if cuda_graph else None
-        self._layer_times: LayerTimes | None = None
         self._profile = -1  # forces set_profile on the first run
         self._shape: tuple[int, ...] | None = None
         self._out_shapes: dict[str, tuple[int, ...]] = {}
@@ -168,8 +167,7 @@ class TrtBackend:
         if self._graph is not None:
             self._graph.close()
             self._graph = None
-        self._layer_times = self._engine.attach_profiler()
-        return self._layer_times
+        return self._engine.attach_profiler()
 
     # ------------------------------------------------------------------ inference
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
