@@ -9,7 +9,7 @@ spec carrying the framework's own anchors, box coder and pre/post-processing con
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +54,8 @@ class Ignore:
 
 @dataclass
 class MappingGroup:
-    """One line of the mapping summary: keys with digits shown as '#', e.g.
-    backbone.body.layer#.#.conv#.weight -> backbone.layer#.#.conv#.conv.weight (48 tensors)."""
+    """One line of the mapping summary, '#' where the grouped keys' numbers differ, e.g.
+    backbone.body.layer#.#.conv1.weight -> backbone.layer#.#.conv1.conv.weight (16 tensors)."""
 
     source: str
     target: str
@@ -119,6 +119,14 @@ def shape_of(value: Any) -> tuple[int, ...]:
 
 def _pattern(key: str) -> str:
     return re.sub(r"\d+", "#", key)
+
+
+def _common_pattern(keys: list[str]) -> str:
+    """Keys of one digit pattern -> the pattern with '#' only where their numbers differ:
+    res2_0_branch2a_w, res3_0_branch2a_w -> res#_0_branch2a_w."""
+    pieces = [re.split(r"(\d+)", k) for k in keys]
+    first = pieces[0]
+    return "".join(p if i % 2 == 0 or all(q[i] == p for q in pieces) else "#" for i, p in enumerate(first))
 
 
 # ResNet blocks per stage -> depth, for basic (no conv3) and bottleneck blocks.
@@ -262,7 +270,7 @@ class Importer:
         """Rename, infer the architecture, check the fit strictly and convert to float32 tensors."""
         mapped: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        groups: Counter[tuple[str, str]] = Counter()
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         unused: list[str] = []
         unexpected: list[str] = []
         duplicates: list[str] = []
@@ -270,7 +278,7 @@ class Importer:
         for key, value in tensors.items():
             if (ignore := self.ignore_rule(key)) is not None:
                 unused.append(key)
-                groups[(ignore.readable(), f"(ignored: {ignore.reason})")] += 1
+                groups[(ignore.readable(), "")].append((ignore.readable(), f"(ignored: {ignore.reason})"))
                 continue
             dst = self.target(key)
             if dst is None:
@@ -281,7 +289,7 @@ class Importer:
                 duplicates.append(f"{origin[dst]} and {key} -> {dst}")
             else:
                 mapped[dst], origin[dst] = value, key
-                groups[(_pattern(key), _pattern(dst))] += 1
+                groups[(_pattern(key), _pattern(dst))].append((key, dst))
         self.fill_missing(mapped, notes)
         shapes = {k: shape_of(v) for k, v in mapped.items()}
         spec = self.base_spec(infer_architecture(shapes, self.default_p6))
@@ -307,7 +315,10 @@ class Importer:
                 f"checkpoint does not fit {self.title} {spec_summary(spec)} ({len(tensors)} keys): " + "; ".join(parts)
             )
         state_dict = {k: to_float_tensor(mapped[k]) for k in expected}
-        summary = [MappingGroup(src, dst, n) for (src, dst), n in groups.items()]
+        summary = [
+            MappingGroup(_common_pattern([a for a, _ in pairs]), _common_pattern([b for _, b in pairs]), len(pairs))
+            for pairs in groups.values()
+        ]
         return ImportResult(spec, state_dict, self.name, summary, sorted(unused), notes)
 
 
