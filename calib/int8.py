@@ -92,9 +92,28 @@ def _quiet_ort_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
+def require_calibration_cache_api() -> None:
+    """ONNX Runtime's calibration cache (quantize_static(calibration_cache_path=...) and
+    save_tensors_data) came with onnxruntime PR #28221 (2026); older releases cannot reuse ranges."""
+    import inspect
+
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters or not hasattr(
+        ort_calibrate, "save_tensors_data"
+    ):
+        import onnxruntime
+
+        raise UsageError(
+            f"onnxruntime {onnxruntime.__version__} has no calibration cache API; "
+            "install a newer onnxruntime (tested: 1.32) with `pip install -U onnxruntime`"
+        )
+
+
 def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress: bool = True) -> dict[str, Any]:
     """Activation ranges of every quantizable tensor over `inputs`, as ORT's TensorsData dict (JSON-able)."""
     params = method_params(method)
+    require_calibration_cache_api()
     model = onnx.load(str(model_path), load_external_data=False)
     input_name = model.graph.input[0].name
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -119,6 +138,7 @@ def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress:
 def quantize(model_path: Path, out_path: Path, ranges: dict[str, Any], config: QuantizeConfig) -> onnx.ModelProto:
     """Write a Q/DQ INT8 model of `model_path` to `out_path` from cached `ranges`; return it."""
     method_params(config.method)
+    require_calibration_cache_api()
     model = onnx.load(str(model_path))
     kept_fp32 = set(config.exclude)
     if config.nodes_to_quantize is not None:
