@@ -266,3 +266,14 @@ def test_cli_int8_report_and_usage_errors(static_tiny: Path, tmp_path: Path, cap
     assert "needs a calibration set" in capsys.readouterr().err
     assert main([str(static_tiny), "--int8", "--calib", str(folder), "--exclude", "nothing"]) == 2
     assert main([str(out), "--fp16"]) == 2  # already int8
+
+
+def test_convert_precision_signature_used_by_trt_build(static_tiny: Path, tmp_path: Path) -> None:
+    from retinanet_trt.calib.convert import convert_precision
+
+    folder = _photo_folder(tmp_path / "set", 2)
+    out = tmp_path / "m.fp16.onnx"
+    report = convert_precision(static_tiny, "fp16", out, calib=str(folder), calib_images=2, seed=0, cache=None, method="minmax")
+    assert report["lint"]["passed"] and report["calibration"]["images_used"] == 2
+    assert report["fp16_overflow_nodes"] == []  # random tiny weights stay far below FP16's range
+    assert Path(report["cache"]["path"]) == tmp_path / "m.fp16.calib.json"
