@@ -130,9 +130,22 @@ def bench_spec(spec: ModelSpec, input_hw: tuple[int, int]) -> ModelSpec:
     return dataclasses.replace(spec, preprocess=pre)
 
 
-def resolve_input_hw(detectors: dict[str, Detector], requested: tuple[int, int] | None) -> tuple[int, int]:
+def onnx_fixed_hw(path: str) -> tuple[int, int] | None:
+    """(H, W) of an ONNX file's input when both are fixed numbers, else None."""
+    import onnx
+
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+        return int(dims[2].dim_value), int(dims[3].dim_value)
+    return None
+
+
+def resolve_input_hw(model: str, detectors: dict[str, Detector], requested: tuple[int, int] | None) -> tuple[int, int]:
     """The one network input size for all backends; UsageError for sizes the models cannot take."""
     fixed = {name: d.fixed_input_hw for name, d in detectors.items() if d.fixed_input_hw is not None}
+    model_hw = onnx_fixed_hw(model) if model.endswith(".onnx") else None
+    if model_hw is not None:  # also binds the torch backend, which rebuilds the ONNX file's model
+        fixed.setdefault("ONNX", model_hw)
     if len(set(fixed.values())) > 1:
         sizes = ", ".join(f"{n} {hw[0]}x{hw[1]}" for n, hw in fixed.items())
         raise UsageError(f"the backends' models have different fixed input sizes ({sizes}); compare models of one size")
@@ -492,7 +505,7 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
     if opts.iterations < 1 or opts.warmup < 0 or (opts.profile_runs or 0) < 0:
         raise UsageError("--iterations must be >= 1, --warmup and --profile-runs >= 0")
     detectors = {b: load_detector(model, b, opts) for b in backends}
-    input_hw = resolve_input_hw(detectors, opts.input_hw)
+    input_hw = resolve_input_hw(model, detectors, opts.input_hw)
     images = bench_images(opts.images, input_hw)
     profile_runs = opts.iterations if opts.profile_runs is None else opts.profile_runs
     items = [
@@ -537,6 +550,7 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
         "tool": "trt-bench",
         "model": str(model),
         "model_name": items[0].detector.spec.name,
+        "model_info": _model_info(model),
         "levels": list(items[0].detector.spec.levels),
         "backends": list(backends),
         "protocol": {
@@ -551,6 +565,15 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
         "versions": versions(),
         "results": results,
     }
+
+
+def _model_info(model: str) -> dict[str, Any]:
+    """What trt-export recorded in an ONNX file (seed, precision, input size); {} for other models."""
+    if not model.endswith(".onnx"):
+        return {}
+    from retinanet_trt.export.metadata import read_info
+
+    return read_info(model)
 
 
 def _backend_result(item: _Item, diff: float | None) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def _main(argv: list[str] | None) -> int:
             check_writable(out)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot {args.plot}: the chart is a PNG; give a .png file name")
-    if args.iterations < PROTOCOL_MIN_ITERATIONS:
+    if 1 <= args.iterations < PROTOCOL_MIN_ITERATIONS:
         print(f"trt-bench: note: {args.iterations} timed iterations; the benchmark protocol asks for at least "
               f"{PROTOCOL_MIN_ITERATIONS}", file=sys.stderr)
     opts = BenchOptions(
