@@ -470,30 +470,43 @@ def add_end2end(model: onnx.ModelProto, spec: ModelSpec | None = None, nms: str 
 
 
 def postprocess_model(spec: ModelSpec, input_hw: tuple[int, int], feature_hws: list[tuple[int, int]], batch: int = 1,
-                      nms: str = "onnx", opset: int = 17) -> onnx.ModelProto:
-    """The post-process alone: inputs cls_p{l}, box_p{l} of fixed sizes, the four end-to-end outputs.
+                      nms: str = "onnx", opset: int = 17, anchors: str = "constant") -> onnx.ModelProto:
+    """The post-process alone: inputs cls_p{l}, box_p{l}, outputs the four end-to-end tensors.
 
     For timing the in-graph post-process apart from the network (benchmarks/postprocess_ingraph.py)
-    and for testing it on chosen head outputs."""
+    and for testing it on chosen head outputs. anchors="constant": fixed sizes as given;
+    "computed": every size dynamic, plus an input `images` (N, 3, H, W) read only for its shape,
+    as in a dynamic export."""
+    if anchors not in ("constant", "computed"):
+        raise UsageError(f"anchors={anchors!r}: choose 'constant' or 'computed'")
     num_a, num_k = spec.head.num_anchors, spec.head.num_classes
-    inputs = [helper.make_tensor_value_info(f"cls_p{lv}", FLOAT, [batch, num_a * num_k, *hw])
+    fixed = anchors == "constant"
+
+    def dims(lv: int, hw: tuple[int, int]) -> list[int | str]:
+        return list(hw) if fixed else [f"p{lv}_height", f"p{lv}_width"]
+
+    n: int | str = batch if fixed else "batch"
+    inputs = [helper.make_tensor_value_info(f"cls_p{lv}", FLOAT, [n, num_a * num_k, *dims(lv, hw)])
               for lv, hw in zip(spec.levels, feature_hws, strict=True)]
-    inputs += [helper.make_tensor_value_info(f"box_p{lv}", FLOAT, [batch, num_a * 4, *hw])
+    inputs += [helper.make_tensor_value_info(f"box_p{lv}", FLOAT, [n, num_a * 4, *dims(lv, hw)])
                for lv, hw in zip(spec.levels, feature_hws, strict=True)]
+    if not fixed:
+        inputs.append(helper.make_tensor_value_info("images", FLOAT, [n, 3, "height", "width"]))
     graph = helper.make_graph([], "retinanet_postprocess", inputs, [])
     b = GraphBuilder(graph)
-    shapes = _Shapes(input_hw=input_hw, feature_hws=list(feature_hws), image=None)
+    shapes = _Shapes(input_hw=input_hw, feature_hws=list(feature_hws), image=None) if fixed else \
+        _Shapes(input_hw=None, feature_hws=None, image="images")
     cand = build_candidates(b, spec, [f"cls_p{lv}" for lv in spec.levels], [f"box_p{lv}" for lv in spec.levels],
-                            shapes, "constant")
+                            shapes, anchors)
     if nms == "onnx":
         _onnx_nms_outputs(b, spec, cand)
     else:
         from retinanet_trt.plugins.efficientnms import efficientnms_outputs
 
         efficientnms_outputs(b, spec, cand)
-    _set_outputs(graph, batch, max_detections(spec))
+    _set_outputs(graph, n, max_detections(spec))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="retinanet_trt")
-    set_metadata(model, spec, {"end2end": True, "nms": nms, "postprocess_only": True})
+    set_metadata(model, spec, {"end2end": True, "nms": nms, "end2end_anchors": anchors, "postprocess_only": True})
     return model
 
 
