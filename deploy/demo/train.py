@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--eval-every", type=int, default=2000, help="steps between evaluations on a small split")
     parser.add_argument("--val-images", type=int, default=300)
     parser.add_argument("--val-seed", type=int, default=2024)
@@ -288,12 +289,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    # Focal-loss training drives many activations and gradients towards zero; denormal floats
+    # would make CPU convolutions many times slower.
+    torch.set_flush_denormal(True)
     spec, data = tiny(), SyntheticConfig()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="retinanet_trt_demo_"))
     # The progress split uses another seed than the final one, so the reported mAP is on unseen images.
     progress_json = generate_dataset(data_dir / "progress", 100, args.val_seed + 1, "val", data)
     model, info = train(spec, args.steps, args.batch_size, args.lr, args.seed, data, progress_json, args.eval_every,
-                        args.minutes)
+                        args.minutes, args.log_every)
     val_json = generate_dataset(data_dir / "final", args.val_images, args.val_seed, "val", data)
     metrics = evaluate(model, spec, val_json)
     info["val"] = {"split": "val", "seed": args.val_seed, **metrics}
