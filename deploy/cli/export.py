@@ -19,6 +19,7 @@ EXAMPLES = """\
   trt-export --preset r50_fpn1024_1class --random-init --input-size 480 640 --dynamic -o text.onnx
   trt-export model_final.pkl --source detectron2 --input-size 800 1344 -o d2.onnx
   trt-export --spec my_spec.json --random-init --seed 3 --input-size 256 320 -o custom.onnx
+  trt-export --demo --end2end -o demo_e2e.onnx
 """
 
 
@@ -39,6 +40,10 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("--end2end", action="store_true", help="append decode, top-k and NMS: outputs num_dets, boxes, "
+                   "scores, labels (docs/end2end.md)")
+    p.add_argument("--nms", choices=["onnx", "efficientnms"], help="with --end2end: ONNX NonMaxSuppression "
+                   "(default; ONNX Runtime and TensorRT) or the EfficientNMS_TRT plugin (TensorRT only)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx path")
     p.add_argument("--report", type=Path, help="write the parity report as JSON here")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
@@ -102,6 +107,8 @@ def print_report(report: dict, quiet: bool) -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.nms and not args.end2end:
+        raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
     check_writable(args.output)
     if args.report:
         check_writable(args.report)
@@ -117,9 +124,17 @@ def _main(argv: list[str] | None) -> int:
         print_report(exc.report, args.quiet)
         print(f"trt-export: error: {exc}", file=sys.stderr)
         return 1
+    if args.end2end:
+        from retinanet_trt.plugins.end2end import end2end_file
+
+        report["end2end"] = end2end_file(args.output, args.output, nms=args.nms or "onnx", check_seed=args.seed)
     if args.report:
         write_json_atomic(args.report, report)
     print_report(report, args.quiet)
+    if args.end2end:
+        e2e, check = report["end2end"], report["end2end"]["check"]
+        verdict = check.get("note") or f"same {check['detections']} detections as the NumPy post-process (random input)"
+        print(f"end-to-end: {e2e['nms']} NMS, {e2e['anchors']} anchors, up to {e2e['max_detections']} detections; {verdict}")
     return 0
 
 
