@@ -635,7 +635,7 @@ def end2end_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], nms: 
         report["check"] = check_against_reference(plain, model, seed=check_seed)
         if not report["check"]["passed"]:
             raise UsageError(f"the end-to-end model disagrees with the NumPy post-process: {report['check']}; "
-                             f"nothing written")
+                             f"{os.fspath(dst)} not changed")
     else:
         report["check"] = {"passed": None, "note": "EfficientNMS_TRT runs only in TensorRT; structure checked"}
     write_bytes_atomic(dst, model.SerializeToString())
