@@ -98,7 +98,7 @@ def detectron2_keys() -> KeySpec:
         if ds:
             k.conv(f"{p}.shortcut", cout, cin, 1)
             k.bn(f"{p}.shortcut.norm", cout)
-    for lv, c in zip((3, 4, 5), (512, 1024, 2048)):
+    for lv, c in zip((3, 4, 5), (512, 1024, 2048), strict=True):
         k.conv(f"backbone.fpn_lateral{lv}", 256, c, 1, bias=True)
         k.conv(f"backbone.fpn_output{lv}", 256, 256, 3, bias=True)
     k.conv("backbone.top_block.p6", 256, 2048, 3, bias=True)
@@ -123,7 +123,7 @@ def maskrcnn_benchmark_keys(p6_from_p5: bool = False) -> KeySpec:
         if ds:
             k.conv(f"{p}.downsample.0", cout, cin, 1)
             k.bn(f"{p}.downsample.1", cout)
-    for idx, c in zip((2, 3, 4), (512, 1024, 2048)):
+    for idx, c in zip((2, 3, 4), (512, 1024, 2048), strict=True):
         k.conv(f"backbone.fpn.fpn_inner{idx}", 256, c, 1, bias=True)
         k.conv(f"backbone.fpn.fpn_layer{idx}", 256, 256, 3, bias=True)
     k.conv("backbone.fpn.top_blocks.p6", 256, 256 if p6_from_p5 else 2048, 3, bias=True)
@@ -174,7 +174,7 @@ def detectron_keys(momentum: bool = True) -> KeySpec:
     affine("res_conv1", 64)
     for s, i, cin, w, cout, ds in r50_blocks():
         p = f"res{s + 1}_{i}"
-        for br, (o, ci, ks) in zip("abc", [(w, cin, 1), (w, w, 3), (cout, w, 1)]):
+        for br, (o, ci, ks) in zip("abc", [(w, cin, 1), (w, w, 3), (cout, w, 1)], strict=True):
             k.conv(f"{p}_branch2{br}", o, ci, ks, w="_w")
             affine(f"{p}_branch2{br}", o)
         if ds:
@@ -193,7 +193,7 @@ def detectron_keys(momentum: bool = True) -> KeySpec:
     k.conv("retnet_cls_pred_fpn3", 720, 256, 3, bias=True, role="cls_pred", w="_w", b="_b")
     k.conv("retnet_bbox_pred_fpn3", 36, 256, 3, bias=True, role="box_pred", w="_w", b="_b")
     if momentum:  # trainable params have a momentum blob; AffineChannel params are frozen
-        for name, (role, shape) in list(k.keys.items()):
+        for name, (_role, shape) in list(k.keys.items()):
             if name.endswith(("_w", "_b")) and "_bn_" not in name:
                 k.keys[f"{name}_momentum"] = ("momentum", shape)
     return k.keys

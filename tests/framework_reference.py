@@ -187,7 +187,7 @@ def reference_forward(sd: dict[str, torch.Tensor], net: SourceNet, x: torch.Tens
     p6 = conv(net.extra(6), c5_ if net.p6_from == "c5" else p[2], 2, 1)
     p += [p6, conv(net.extra(7), F.relu(p6), 2, 1)]
     out: dict[str, torch.Tensor] = {}
-    for lv, feature in zip(range(3, 8), p):
+    for lv, feature in zip(range(3, 8), p, strict=True):
         for head in ("cls", "box"):
             h = feature
             for k in range(4):
@@ -374,7 +374,7 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
     weights = (10.0, 10.0, 5.0, 5.0) if fw in ("maskrcnn_benchmark", "yhenon") else (1.0, 1.0, 1.0, 1.0)
     plus_one = fw in ("maskrcnn_benchmark", "detectron")
     clamp = None if fw == "yhenon" else CLAMP
-    anchors = [level_anchors(fw, lv, c.shape[1:], meta.input_hw) for lv, c in zip(range(3, 8), cls)]
+    anchors = [level_anchors(fw, lv, c.shape[1:], meta.input_hw) for lv, c in zip(range(3, 8), cls, strict=True)]
     rh, rw = meta.resized_hw
 
     if fw == "yhenon":  # all levels at once, per class: > 0.05 then NMS 0.5; no top-k, no cap
@@ -397,7 +397,7 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
         return RefDetections(_scale_to_original(b_, meta), s_, np.array(COCO_IDS)[l_])
 
     cand_b, cand_s, cand_l = [], [], []
-    for lv, c, b, anc in zip(range(3, 8), cls, box, anchors):
+    for lv, c, b, anc in zip(range(3, 8), cls, box, anchors, strict=True):
         scores = _sigmoid32(_flat(c, k)).reshape(-1)
         deltas = _flat(b, 4)
         thresh = 0.0 if (fw == "detectron" and lv == 7) else 0.05

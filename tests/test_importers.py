@@ -86,7 +86,7 @@ def imported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 def _outputs(model: RetinaNet, x: torch.Tensor) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        return {n: t.numpy() for n, t in zip(output_names(model.spec), model(x))}
+        return {n: t.numpy() for n, t in zip(output_names(model.spec), model(x), strict=True)}
 
 
 def assert_same_detections(ours: Detections, theirs: ref.RefDetections, what: str) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import io
 import os
@@ -116,6 +117,15 @@ def test_numpy_arrays_inside_a_pth_load_with_weights_only(tmp_path: Path) -> Non
     torch.save({"model": {"w": np.ones((2, 3), np.float32), "t": torch.zeros(2)}}, path)
     loaded = load_checkpoint_file(path)
     assert loaded.kind == "torch" and np.array_equal(loaded.obj["model"]["w"], np.ones((2, 3)))
+
+
+def test_torchvision_reference_checkpoint_with_args_loads(tmp_path: Path) -> None:
+    """torchvision's references/detection/train.py saves {"model", "optimizer", "lr_scheduler", "args", "epoch"}."""
+    path = tmp_path / "model_25.pth"
+    args = argparse.Namespace(lr=0.01, data_path="/coco", model="retinanet_resnet50_fpn", weights=None)
+    torch.save({"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "args": args, "epoch": 25}, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded.obj["args"].model == "retinanet_resnet50_fpn" and torch.equal(loaded.obj["model"]["w"], torch.ones(2))
 
 
 def test_legacy_torch_format_loads(tmp_path: Path) -> None:

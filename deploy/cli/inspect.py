@@ -57,7 +57,7 @@ def describe_spec(spec: ModelSpec) -> list[str]:
     labels = spec.label_ids()
     names = spec.class_names()
     clamp = "none" if c.scale_clamp is None else f"{c.scale_clamp:.5f}"
-    thresh = ", ".join(f"P{lv} > {t:g}" for lv, t in zip(spec.levels, post.score_thresh))
+    thresh = ", ".join(f"P{lv} > {t:g}" for lv, t in zip(spec.levels, post.score_thresh, strict=True))
     topk = "none" if post.topk_per_level is None else post.topk_per_level
     max_det = "unlimited" if post.max_detections is None else post.max_detections
     sizes = "; ".join("/".join(f"{s:g}" for s in level) for level in a.sizes)

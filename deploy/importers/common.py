@@ -130,7 +130,9 @@ def _common_pattern(keys: list[str]) -> str:
 
 
 # ResNet blocks per stage -> depth, for basic (no conv3) and bottleneck blocks.
-_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
+_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
+    (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101,
+}
 
 
 def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> Architecture:

@@ -14,6 +14,7 @@ whose architecture our model cannot express (facts sheet section 6a), so the imp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 from retinanet_trt.errors import UsageError
 
@@ -98,7 +99,7 @@ def read_ckpt_index(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return index
 
 
-def refuse(index: dict[str, tuple[str, tuple[int, ...]]], path: str | Path) -> None:
+def refuse(index: dict[str, tuple[str, tuple[int, ...]]], path: str | Path) -> NoReturn:
     """Raise the UsageError that explains why this MindSpore checkpoint cannot be imported."""
     names = sorted(index)
     example = next((n for n in names if ".multi_box." in n), names[0])

@@ -1,7 +1,8 @@
 """Read checkpoint files without ever running code stored in them.
 
 - zip-format ``.pth``/``.pt`` and legacy torch files: ``torch.load(weights_only=True)``, with numpy
-  arrays allowed (some converted checkpoints hold them);
+  arrays (some converted checkpoints hold them) and argparse.Namespace (torchvision's references)
+  allowed;
 - plain pickles (detectron2 ``.pkl`` "model" dicts, Detectron/Caffe2 ``.pkl`` "blobs"): a
   restricted unpickler that can only build numpy arrays, dicts, lists, tuples, strings and
   numbers; any other global is refused by name before anything is called;
@@ -13,6 +14,7 @@ The file's format is sniffed from its first bytes, not trusted from its extensio
 from __future__ import annotations
 
 import _codecs
+import argparse
 import io
 import pickle
 import re
@@ -59,13 +61,15 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 for _pkg in ("numpy.core", "numpy._core"):
     _SAFE_GLOBALS[(f"{_pkg}.multiarray", "_reconstruct")] = _np_multiarray._reconstruct
     _SAFE_GLOBALS[(f"{_pkg}.multiarray", "scalar")] = _np_multiarray.scalar
-    _SAFE_GLOBALS[(f"{_pkg}.numeric", "_frombuffer")] = _np_numeric._frombuffer
+    _SAFE_GLOBALS[(f"{_pkg}.numeric", "_frombuffer")] = _np_numeric._frombuffer  # type: ignore[attr-defined]
 
-# What torch.load(weights_only=True) must additionally accept to read numpy arrays in a .pth:
-# numpy 2 pickles an array's dtype through its DType class.
-_TORCH_NUMPY_GLOBALS: list[Any] = [
+# What torch.load(weights_only=True) additionally accepts: numpy arrays (numpy 2 pickles an
+# array's dtype through its DType class), and argparse.Namespace, which torchvision's detection
+# reference scripts store as "args" beside "model" (rebuilding one only sets attributes).
+_TORCH_EXTRA_GLOBALS: list[Any] = [
     _np_multiarray._reconstruct, _np_multiarray.scalar, np.ndarray, np.dtype,
     *(type(np.dtype(c)) for c in "?bhilqBHILQefd"),
+    argparse.Namespace,
 ]
 
 
@@ -129,7 +133,7 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
 
 def _torch_load(p: Path) -> Any:
     try:
-        with torch.serialization.safe_globals(_TORCH_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(_TORCH_EXTRA_GLOBALS):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
