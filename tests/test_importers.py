@@ -355,3 +355,14 @@ def test_mindspore_reader_gives_names_dtypes_and_shapes(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(UsageError, match=r"m\.ckpt is truncated or not a checkpoint"):
         read_ckpt_index(path)
+
+
+def test_torchvision_v1_eps_follows_the_weights_origin() -> None:
+    """eps 0 for torchvision's own 91-class COCO_V1 weights (overwrite_eps), 1e-5 for a fine-tuned model."""
+    keys = cf.torchvision_keys(v2=False, legacy=False)
+    assert _convert("torchvision_v1", _zeros(keys)).spec.backbone.norm.eps == 0.0
+    keys["head.classification_head.cls_logits.weight"] = ("cls_pred", (9 * 3, 256, 3, 3))
+    keys["head.classification_head.cls_logits.bias"] = ("cls_pred_bias", (9 * 3,))
+    spec = _convert("torchvision_v1", _zeros(keys)).spec
+    assert spec.backbone.norm.eps == 1e-5 and spec.postprocess.label_map == [0, 1, 2]
+    assert spec.class_names() == ["class_0", "class_1", "class_2"]

@@ -100,6 +100,7 @@ class Architecture:
     head_norm: str = "none"
     num_anchors: int = 9
     num_classes: int = 80
+    bn_step_counters: bool = False  # norms stored num_batches_tracked: trained as nn.BatchNorm2d
 
 
 def listing(names: Iterable[str], first: int = 5) -> str:
@@ -294,7 +295,9 @@ class Importer:
                 groups[(_pattern(key), _pattern(dst))].append((key, dst))
         self.fill_missing(mapped, notes)
         shapes = {k: shape_of(v) for k, v in mapped.items()}
-        spec = self.base_spec(infer_architecture(shapes, self.default_p6))
+        arch = infer_architecture(shapes, self.default_p6)
+        arch.bn_step_counters = any(k.endswith(".num_batches_tracked") for k in unused)
+        spec = self.base_spec(arch)
         spec.validate()
         expected = expected_shapes(spec)
         missing = [k for k in expected if k not in mapped]

@@ -4,8 +4,9 @@ Keys (facts sheet section 1a/1b): backbone.body.* (ResNet, stride in the 3x3, BN
 downsample.{0,1}), backbone.fpn.inner_blocks.{i}[.0] / layer_blocks.{i}[.0] (i = 0,1,2 <-> C3..C5;
 the ".0" layout is current, without it legacy), extra_blocks.p6/p7, and
 head.{classification,regression}_head.conv.{2i} (legacy) or conv.{i}.0 (+ conv.{i}.1 GroupNorm in
-v2), cls_logits, bbox_reg. v1 weights run with FrozenBN eps 0 (overwrite_eps), v2 with eval BN
-eps 1e-5. Anchors, coder, thresholds and the 91-channel COCO-id class axis come from the presets.
+v2), cls_logits, bbox_reg. v1's COCO weights (91 classes) run with FrozenBN eps 0 (overwrite_eps),
+fine-tuned v1 models and v2 with eps 1e-5. Anchors, coder, thresholds and the 91-channel COCO-id
+class axis come from the presets.
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ class TorchvisionImporter(Importer):
     ignores = (Ignore(r".*\.num_batches_tracked", "BatchNorm step counter"),)
 
     def base_spec(self, arch: Architecture) -> ModelSpec:
-        # The GroupNorm head is what tells v2 from v1 (v1's COCO weights: FrozenBN eps forced to 0).
+        # The GroupNorm head is what tells v2 from v1.
         spec = apply_architecture(torchvision_v2() if arch.head_norm == "gn" else torchvision_v1(), arch)
-        if arch.num_classes != 91:  # a fine-tuned model: channel k is label k, names unknown
+        if arch.num_classes != 91 or arch.bn_step_counters:
+            # torchvision forces FrozenBN eps to 0 only when it loads its own COCO_V1 weights; a
+            # model fine-tuned to other classes (or trained with nn.BatchNorm2d) keeps eps 1e-5.
+            spec.backbone.norm.eps = 1e-5
+        if arch.num_classes != 91:  # channel k is label k, names unknown
             spec.postprocess.label_map = list(range(arch.num_classes))
             spec.postprocess.class_names = None
         return spec
