@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
 from retinanet_trt.demo.train import build_targets, flatten_outputs, freeze_norms, match_anchors, trainable_model
 from retinanet_trt.model import output_names
@@ -52,7 +51,7 @@ def test_freezing_batchnorm_keeps_eval_outputs() -> None:
         before = model(x)
         after = freeze_norms(model)(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 

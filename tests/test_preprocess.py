@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from retinanet_trt.errors import UsageError
 from retinanet_trt.presets import r50_fpn1024_1class, retinanet_r50_fpn, tiny, torchvision_v1
 from retinanet_trt.runtime.images import ImageLoadError, find_images, load_image, load_images
@@ -198,7 +197,8 @@ def test_fixed_none_and_padding() -> None:
 def test_rgb_and_bgr_scale_mean_std() -> None:
     px = np.array([[[10, 20, 30]]], np.uint8)
     tv = normalize(px, torchvision_v1().preprocess)[:, 0, 0]
-    expected = [(v / 255 - m) / s for v, m, s in zip((10, 20, 30), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = [(v / 255 - m) / s for v, m, s in zip((10, 20, 30), mean, std, strict=True)]
     assert tv == pytest.approx(expected, rel=1e-5)
     bgr = normalize(px, retinanet_r50_fpn().preprocess)[:, 0, 0]
     assert bgr == pytest.approx([30 - 103.530, 20 - 116.280, 10 - 123.675], rel=1e-6)

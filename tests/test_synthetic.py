@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from retinanet_trt.demo.synthetic import (
     SyntheticConfig,
     _rasterize,
@@ -22,7 +21,7 @@ from retinanet_trt.presets import tiny
 def test_same_seed_same_images_other_seed_or_split_differs() -> None:
     a = list(iter_samples(3, seed=7))
     b = list(iter_samples(3, seed=7))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.image, y.image) and np.array_equal(x.boxes, y.boxes)
         assert np.array_equal(x.labels, y.labels)
     other_seed = next(iter_samples(1, seed=8))

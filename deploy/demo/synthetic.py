@@ -19,10 +19,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-
 from retinanet_trt.presets import DEMO_CLASSES
 
 _SS = 4  # supersampling factor for anti-aliased edges
@@ -80,7 +80,7 @@ def render_sample(rng: np.random.Generator, cfg: SyntheticConfig, index: int = 0
     boxes: list[list[float]] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(cfg.objects_range[0], cfg.objects_range[1] + 1))):
-        placed = _place_shape(rng, cfg, canvas, owner, areas, boxes)
+        placed = _place_shape(rng, cfg, owner, areas, boxes)
         if placed is None:
             continue
         label, box, patch, alpha = placed
@@ -112,14 +112,15 @@ def generate_dataset(out_dir: str | Path, n_images: int, seed: int, split: str =
     cfg = config or SyntheticConfig()
     out = Path(out_dir)
     (out / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for sample in iter_samples(n_images, seed, split, cfg):
         name = f"{split}/{sample.index:06d}.png"
         Image.fromarray(sample.image).save(out / name)
         image_id = sample.index + 1
         images.append({"id": image_id, "file_name": name, "height": int(sample.image.shape[0]),
                        "width": int(sample.image.shape[1])})
-        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
+        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
             x1, y1, x2, y2 = box
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
@@ -130,7 +131,9 @@ def generate_dataset(out_dir: str | Path, n_images: int, seed: int, split: str =
                  "config": asdict(cfg)},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in zip(category_ids(), DEMO_CLASSES)],
+        "categories": [
+            {"id": i, "name": n, "supercategory": "shape"} for i, n in zip(category_ids(), DEMO_CLASSES, strict=True)
+        ],
     }
     path = out / f"{split}.json"
     path.write_text(json.dumps(coco))
@@ -183,7 +186,9 @@ def _unit_shape(rng: np.random.Generator, label: int) -> np.ndarray | None:
                      [-1, -t], [-t, -t]], dtype=np.float64)
 
 
-def _shape_geometry(rng: np.random.Generator, cfg: SyntheticConfig, label: int) -> tuple[np.ndarray | None, float, float]:
+def _shape_geometry(
+    rng: np.random.Generator, cfg: SyntheticConfig, label: int
+) -> tuple[np.ndarray | None, float, float]:
     """(vertices around (0, 0) or None for an ellipse, box width, box height) at a random size."""
     size = math.exp(rng.uniform(math.log(cfg.size_range[0]), math.log(cfg.size_range[1])))
     aspect = math.exp(rng.uniform(math.log(cfg.aspect_range[0]), math.log(cfg.aspect_range[1])))
@@ -200,8 +205,9 @@ def _shape_geometry(rng: np.random.Generator, cfg: SyntheticConfig, label: int) 
     return verts, float(bw), float(bh)
 
 
-def _place_shape(rng: np.random.Generator, cfg: SyntheticConfig, canvas: np.ndarray, owner: np.ndarray,
-                 areas: list[int], boxes: list[list[float]]) -> tuple[int, list[float], tuple[int, int], np.ndarray] | None:
+def _place_shape(
+    rng: np.random.Generator, cfg: SyntheticConfig, owner: np.ndarray, areas: list[int], boxes: list[list[float]]
+) -> tuple[int, list[float], tuple[int, int], np.ndarray] | None:
     """Pick a shape and a position that keeps every earlier object >= min_visible; None after 20 tries.
 
     Returns (label, box x1y1x2y2, patch origin (x0, y0), coverage alpha (ph, pw) in 0..1).

@@ -25,9 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from retinanet_trt.demo.synthetic import SyntheticConfig, generate_dataset, iter_samples
 from retinanet_trt.model import RetinaNet, build_model, output_names
 from retinanet_trt.model.anchors import grid_anchors
@@ -37,6 +34,8 @@ from retinanet_trt.model.resnet import BasicBlock, Bottleneck
 from retinanet_trt.presets import tiny
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.spec import ModelSpec
+from torch import nn
+from torch.nn import functional as F
 
 FG_IOU, BG_IOU = 0.5, 0.4
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
@@ -118,7 +117,7 @@ def build_targets(spec: ModelSpec, anchors: np.ndarray, boxes: list[np.ndarray],
     n, total = len(boxes), len(anchors)
     cls = np.full((n, total), -1, dtype=np.int64)
     deltas = np.zeros((n, total, 4), dtype=np.float32)
-    for i, (gt, lab) in enumerate(zip(boxes, labels)):
+    for i, (gt, lab) in enumerate(zip(boxes, labels, strict=True)):
         matched = match_anchors(anchors, gt)
         cls[i][matched == -2] = -2
         fg = matched >= 0
@@ -165,7 +164,6 @@ def evaluate(model: RetinaNet, spec: ModelSpec, coco_json: str | Path, batch_siz
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-
     from retinanet_trt.runtime.postprocess import postprocess
 
     root = Path(coco_json).parent
@@ -177,9 +175,10 @@ def evaluate(model: RetinaNet, spec: ModelSpec, coco_json: str | Path, batch_siz
         ids = image_ids[start : start + batch_size]
         batch = preprocess([root / coco.imgs[i]["file_name"] for i in ids], spec)
         outputs = model(torch.from_numpy(batch.images))
-        dets = postprocess({n: o.numpy() for n, o in zip(names, outputs)}, spec, batch.metas)
-        for image_id, det in zip(ids, dets):
-            for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+        dets = postprocess({n: o.numpy() for n, o in zip(names, outputs, strict=True)}, spec, batch.metas)
+        for image_id, det in zip(ids, dets, strict=True):
+            rows = zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True)
+            for (x1, y1, x2, y2), score, label in rows:
                 results.append({"image_id": image_id, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "score": float(score)})
     if not results:
@@ -189,7 +188,7 @@ def evaluate(model: RetinaNet, spec: ModelSpec, coco_json: str | Path, batch_siz
     evaluator.accumulate()
     evaluator.summarize()
     keys = ["mAP", "AP50", "AP75", "APs", "APm", "APl"]
-    metrics = {k: round(float(v), 4) for k, v in zip(keys, evaluator.stats[:6])}
+    metrics = {k: round(float(v), 4) for k, v in zip(keys, evaluator.stats[:6], strict=True)}
     return {**metrics, "n_images": len(image_ids)}
 
 
@@ -227,7 +226,7 @@ def train(spec: ModelSpec, steps: int, batch_size: int, lr: float, seed: int, da
         chunk = [next(samples) for _ in range(batch_size)]
         batch = preprocess([s.image for s in chunk], spec)
         boxes = []
-        for s, meta in zip(chunk, batch.metas):
+        for s, meta in zip(chunk, batch.metas, strict=True):
             sy, sx = meta.resized_hw[0] / meta.original_hw[0], meta.resized_hw[1] / meta.original_hw[1]
             boxes.append(s.boxes * np.array([sx, sy, sx, sy], dtype=np.float32))
         outputs = model(torch.from_numpy(batch.images))

@@ -12,11 +12,9 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
-
 from retinanet_trt.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -46,7 +44,7 @@ class LoadFailure:
     error: str
 
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, LoadedImage]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | LoadedImage
 
 
 def load_image(image: ImageInput) -> LoadedImage:

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageInput, LoadedImage, LoadFailure, load_image, load_images
 from retinanet_trt.runtime.types import Batch, ImageMeta
@@ -133,7 +132,7 @@ def preprocess(
         target = (padded_side(max(h for h, _ in sizes), pre), padded_side(max(w for _, w in sizes), pre))
     else:
         target = (int(input_hw[0]), int(input_hw[1]))
-        for im, (h, w) in zip(loaded, sizes):
+        for im, (h, w) in zip(loaded, sizes, strict=True):
             if h > target[0] or w > target[1]:
                 raise UsageError(
                     f"{im.source}: resized to {h}x{w} by the spec, which does not fit the fixed network input "
@@ -141,7 +140,7 @@ def preprocess(
                 )
     batch = np.zeros((len(loaded), 3, *target), dtype=np.float32)
     metas: list[ImageMeta] = []
-    for i, (im, (h, w)) in enumerate(zip(loaded, sizes)):
+    for i, (im, (h, w)) in enumerate(zip(loaded, sizes, strict=True)):
         batch[i, :, :h, :w] = normalize(resize_pixels(im.pixels, (h, w), pre.interpolation), pre)
         metas.append(ImageMeta(original_hw=im.hw, resized_hw=(h, w), input_hw=target, source=im.source))
     return Batch(images=batch, metas=metas)
