@@ -190,6 +190,7 @@ def _level_candidates(
     _, perm = b.op("TopK", [b.cast(flat, FLOAT), k], n_out=2, axis=1, largest=0, sorted=1)
     flat = b.op("GatherElements", [flat, perm], axis=1)
     values = b.op("GatherElements", [values, perm], axis=1)
+    # Re-derive the parts from the sorted flat index: a few integer ops instead of four gathers.
     row = b.op("Div", [flat, c_k])  # anchor row = loc * A + a
     klass = b.op("Sub", [flat, b.op("Mul", [row, c_k])])
     loc = b.op("Div", [row, c_a])
