@@ -121,7 +121,7 @@ class PostprocessSpec:
     nms_rule: "gt" (IoU > t suppresses; torchvision) or "ge" (IoU >= t; maskrcnn-benchmark, Detectron).
     clip: "resized" ([0,W]x[0,H] of the unpadded resized image, per level: torchvision),
           "resized_minus1" ([0,W-1]: maskrcnn-benchmark), "original" (after rescale, [0,W]: detectron2),
-          "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 only), "none".
+          "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 and x2,y2 <= the padded input), "none".
     label_map: channel -> output label id (COCO category ids); class_names: channel -> name.
     """
 
