@@ -262,6 +262,13 @@ def test_non_tensor_values_are_refused() -> None:
         _convert("detectron", tensors)
 
 
+def test_nan_weights_are_refused() -> None:
+    tensors = _zeros(cf.detectron_keys(momentum=False))
+    tensors["retnet_cls_pred_fpn3_b"] = np.full(720, np.nan, np.float32)
+    with pytest.raises(UsageError, match=r"1 tensors hold NaN or Inf: retnet_cls_pred_fpn3_b"):
+        _convert("detectron", tensors)
+
+
 def test_unsupported_resnet_depth_is_named() -> None:
     tensors = {k: v for k, v in _zeros(cf.detectron2_keys()).items() if ".res4.5." not in k}
     with pytest.raises(UsageError, match=r"blocks per stage \[3, 4, 5, 3\] is not supported"):

@@ -320,6 +320,9 @@ class Importer:
                 f"checkpoint does not fit {self.title} {spec_summary(spec)} ({len(tensors)} keys): " + "; ".join(parts)
             )
         state_dict = {k: to_float_tensor(mapped[k]) for k in expected}
+        nonfinite = [origin.get(k, k) for k, t in state_dict.items() if not bool(torch.isfinite(t).all())]
+        if nonfinite:  # a damaged or diverged checkpoint: every output would be NaN
+            raise UsageError(f"{len(nonfinite)} tensors hold NaN or Inf: {listing(nonfinite)}")
         summary = [
             MappingGroup(_common_pattern([a for a, _ in pairs]), _common_pattern([b for _, b in pairs]), len(pairs))
             for pairs in groups.values()
