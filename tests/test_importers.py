@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import checkpoint_factory as cf
+import framework_reference as ref
 import numpy as np
 import pytest
 import torch
 
-import checkpoint_factory as cf
-import framework_reference as ref
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.importers import IMPORTERS, ImportResult, count_parameters, import_checkpoint

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import checkpoint_factory as cf
 import numpy as np
 import pytest
 import torch
 
-import checkpoint_factory as cf
 from retinanet_trt.cli.inspect import main
 from retinanet_trt.spec import ModelSpec
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from checkpoint_factory import py2_pickle
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.importers import import_checkpoint
 from retinanet_trt.importers.safe_load import UnsafeCheckpointError, load_checkpoint_file, load_pickle
