@@ -123,6 +123,9 @@ class PostprocessSpec:
           "resized_minus1" ([0,W-1]: maskrcnn-benchmark), "original" (after rescale, [0,W]: detectron2),
           "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 and x2,y2 <= the padded input), "none".
     label_map: channel -> output label id (COCO category ids); class_names: channel -> name.
+    rescale: back to original pixels "per_axis" (x by W_orig/W_resized, y by H: torchvision,
+          detectron2, maskrcnn-benchmark) or "uniform" (divide by the one resize factor the
+          pre-process used for both sides: Detectron's im_scale, yhenon's scale).
     """
 
     score_thresh: list[float] = field(default_factory=lambda: [0.05] * 5)
@@ -135,6 +138,7 @@ class PostprocessSpec:
     drop_empty: bool = True
     label_map: list[int] | None = None
     class_names: list[str] | None = None
+    rescale: str = "per_axis"
 
 
 @dataclass
@@ -232,6 +236,8 @@ class ModelSpec:
             problems.append(f"postprocess.nms_rule={p.nms_rule!r} (use 'gt' or 'ge')")
         if p.clip not in ("resized", "resized_minus1", "original", "original_minus1", "padded_lower", "none"):
             problems.append(f"postprocess.clip={p.clip!r} is unknown")
+        if p.rescale not in ("per_axis", "uniform"):
+            problems.append(f"postprocess.rescale={p.rescale!r} (use 'per_axis' or 'uniform')")
         if p.label_map is not None and len(p.label_map) != h.num_classes:
             problems.append(f"postprocess.label_map has {len(p.label_map)} entries, head has {h.num_classes} classes")
         if p.class_names is not None and len(p.class_names) != h.num_classes:
