@@ -83,7 +83,7 @@ class DetectronImporter(Importer):
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05, 0.05, 0.05, 0.05, 0.0], topk_per_level=1000, nms_iou=0.5, nms_rule="ge",
-                nms_plus_one=True, max_detections=100, clip="original_minus1", drop_empty=False,
+                nms_plus_one=True, max_detections=100, clip="original_minus1", drop_empty=False, rescale="uniform",
             ),
         )
         apply_architecture(spec, arch)

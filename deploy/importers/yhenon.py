@@ -68,7 +68,7 @@ class YhenonImporter(Importer):
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05] * 5, topk_per_level=None, nms_iou=0.5, nms_rule="gt", nms_plus_one=False,
-                max_detections=None, clip="padded_lower", drop_empty=False,
+                max_detections=None, clip="padded_lower", drop_empty=False, rescale="uniform",
             ),
         )
         apply_architecture(spec, arch)
