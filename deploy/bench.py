@@ -194,8 +194,6 @@ def _torch_for_onnx(onnx_path: str, checkpoint: str | None) -> Detector:
 
 def load_detector(model: str, backend: str, opts: BenchOptions) -> Detector:
     """One backend's Detector; UsageError (one line) when the backend is unknown or unusable here."""
-    if backend == "onnxruntime":
-        backend = "ort-cpu"
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if model != "demo" and not Path(model).exists():
@@ -498,6 +496,7 @@ def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float |
 def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
               log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Benchmark `backends` on `model` side by side; returns the JSON-ready report."""
+    backends = ["ort-cpu" if b == "onnxruntime" else b for b in backends]  # the alias trt-infer accepts
     if not backends:
         raise UsageError("no backend given")
     if len(set(backends)) != len(backends):
