@@ -32,7 +32,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from postprocess import synthetic_outputs  # benchmarks/postprocess.py: busy-image outputs
+
 from retinanet_trt.cli.export import default_input_hw
+from retinanet_trt.demo import DEMO_CHECKPOINT
 from retinanet_trt.evaluate import coco_map, detections_to_coco, load_coco
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx, versions
 from retinanet_trt.plugins.end2end import (
@@ -113,12 +115,12 @@ def compare_postprocess(spec: ModelSpec, cases: list[tuple[dict[str, np.ndarray]
 
 def demo_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The trained demo: timing on its real outputs, whole-model timing, equivalence, mAP."""
-    from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
+    from retinanet_trt.demo import load_demo
     from retinanet_trt.demo.synthetic import generate_dataset
 
-    if not DEMO_CHECKPOINT.exists():
-        return {"skipped": f"{DEMO_CHECKPOINT} is missing (train it with python -m retinanet_trt.demo.train)"}
-    spec, model = load_demo()
+    if not Path(args.demo).exists():
+        return {"skipped": f"{args.demo} is missing (train it with python -m retinanet_trt.demo.train)"}
+    spec, model = load_demo(args.demo)
     input_hw = default_input_hw(spec)
     plain_path = work / "demo.onnx"
     export_onnx(model, spec, plain_path, ExportOptions(input_hw=input_hw))
@@ -174,7 +176,8 @@ def demo_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ref_v += postprocess(raw, variant, metas)
             out = dict(zip(OUTPUTS, graph.run(list(OUTPUTS), raw), strict=True))
             got_v += detections_from_end2end(out, variant, metas)
-        inexact = [c["name"] for c in convention_report(variant, "onnx", "constant")["conventions"] if not c["exact"]]
+        report_v = convention_report(variant, "onnx", "constant", feature_hws)  # type: ignore[arg-type]
+        inexact = [c["name"] for c in report_v["conventions"] if not c["exact"]]
         maps[name] = {"numpy": mean_ap(ref_v), "in_graph": mean_ap(got_v), "inexact_conventions": inexact,
                       "images_with_different_detections": sum(
                           1 for r in compare_detections(ref_v, got_v)["images"] if r["unmatched"] or
@@ -182,7 +185,7 @@ def demo_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for entry in maps.values():
         got = entry.get("end2end_onnx", entry.get("in_graph"))
         entry["ap_difference"] = got - entry["numpy"]
-    return {"input_hw": list(input_hw), "val_images": len(cases), "val_seed": args.val_seed,
+    return {"checkpoint": str(args.demo), "input_hw": list(input_hw), "val_images": len(cases), "val_seed": args.val_seed,
             "postprocess_timing": timing, "whole_model_timing": whole, "equivalence": equivalence,
             "map": maps, "inexact_conventions": [c for c in report["conventions"] if not c["exact"]]}
 
@@ -215,8 +218,9 @@ def r50_busy_section(args: argparse.Namespace) -> dict[str, Any]:
 def r50_random_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """retinanet_r50_fpn with random weights, whole models in ONNX Runtime, on photos."""
     import torch
-    from retinanet_trt.model import build_model
     from skimage import data
+
+    from retinanet_trt.model import build_model
 
     spec = get_preset("retinanet_r50_fpn")
     hw = (args.r50_height, args.r50_width)
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=12, help="objects per level in the busy synthetic outputs")
     parser.add_argument("--r50-thresh", type=float, default=0.02, help="score threshold for the random-weight R50 check")
     parser.add_argument("--skip-r50-model", action="store_true", help="skip exporting R50 (the slowest part)")
+    parser.add_argument("--demo", default=str(DEMO_CHECKPOINT), help="demo checkpoint (default: the bundled one)")
     args = parser.parse_args(argv)
 
     result: dict[str, Any] = {"protocol": {

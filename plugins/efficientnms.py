@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from retinanet_trt.plugins.end2end import Candidates, _nms_boxes, max_detections, nms_iou_threshold
 from retinanet_trt.plugins.graph import GraphBuilder
 from retinanet_trt.spec import ModelSpec

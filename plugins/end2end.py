@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
@@ -462,7 +463,7 @@ def add_end2end(model: onnx.ModelProto, spec: ModelSpec | None = None, nms: str 
         efficientnms_outputs(b, spec, cand)
     d = max_detections(spec)
     _set_outputs(graph, _batch_dim(in_dims[0]), d)
-    report = convention_report(spec, nms, mode, shapes)
+    report = convention_report(spec, nms, mode, shapes.feature_hws)
     set_metadata(model, spec, {**info, "end2end": True, "nms": nms, "end2end_anchors": mode, "max_detections": d,
                                "end2end_deviations": [c["name"] for c in report["conventions"] if not c["exact"]]})
     if nms == "onnx":
@@ -554,8 +555,11 @@ def is_end2end(outputs: dict[str, np.ndarray]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- conventions
-def convention_report(spec: ModelSpec, nms: str, anchors_mode: str, shapes: _Shapes | None = None) -> dict[str, Any]:
+def convention_report(spec: ModelSpec, nms: str, anchors_mode: str,
+                      feature_hws: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Which reference conventions the graph reproduces exactly, and what it does where it cannot.
+
+    feature_hws: the level sizes when fixed (None: dynamic), for the limits that depend on them.
 
     Returns {"nms", "anchors", "max_detections", "conventions": [{"name", "reference", "graph",
     "exact", "note"}]}."""
@@ -577,8 +581,8 @@ def convention_report(spec: ModelSpec, nms: str, anchors_mode: str, shapes: _Sha
     if k is None or k > TRT_TOPK_MAX_K:
         row("topk_limit", f"k = {k}", f"TopK k = {k}", False, f"TensorRT's TopK takes k <= {TRT_TOPK_MAX_K}")
     largest = None
-    if shapes is not None and shapes.feature_hws is not None:
-        largest = max(h * w for h, w in shapes.feature_hws) * spec.head.num_anchors * spec.head.num_classes
+    if feature_hws is not None:
+        largest = max(h * w for h, w in feature_hws) * spec.head.num_anchors * spec.head.num_classes
     row("tie_order", "(level, location, anchor, class)", "float32 sort key of the flat index",
         largest is not None and largest < FLOAT_EXACT_INT,
         f"exact while a level has < 2^24 (anchor, class) entries; largest here: {largest or 'dynamic'}")

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
@@ -220,10 +221,14 @@ def test_detections_from_end2end_maps_to_original_pixels_and_label_ids() -> None
     assert det.scores.tolist() == pytest.approx([0.9, 0.5])
 
 
+FEATURES = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+
+
 def test_convention_report_names_what_is_not_exact() -> None:
     specs = _framework_specs()
-    inexact = {name: {c["name"] for c in convention_report(s, "onnx", "constant")["conventions"] if not c["exact"]}
-               for name, s in specs.items()}
+    inexact = {name: {c["name"] for c in convention_report(s, "onnx", "constant", FEATURES)["conventions"]
+                      if not c["exact"]} for name, s in specs.items()}
+    assert inexact["detectron2"] == {"sigmoid", "topk_per_level", "box_decode"}
     assert "clip" not in inexact["detectron2"] and "clip" in inexact["torchvision"]
     assert "clip" in inexact["detectron"] and "nms_plus_one" in inexact["detectron"]
     assert "nms_rule" not in inexact["maskrcnn_benchmark"]
