@@ -634,6 +634,8 @@ def end2end_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], nms: 
     """Read a plain export, append the post-process, check it (nms='onnx': against runtime.postprocess
     on the plain model in ONNX Runtime, on a random input) and write it to dst atomically."""
     check_writable(dst)
+    if not os.path.isfile(src):
+        raise UsageError(f"ONNX file {os.fspath(src)} not found; export one with trt-export")
     plain = onnx.load(os.fspath(src))
     model, report = add_end2end(plain, nms=nms, anchors=anchors)
     if nms == "onnx":
