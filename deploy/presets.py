@@ -90,7 +90,7 @@ def r50_fpn1024_1class() -> ModelSpec:
         box_coder=BoxCoderSpec(weights=[10.0, 10.0, 5.0, 5.0], scale_clamp=math.log(1000.0 / 16), plus_one=True),
         preprocess=PreprocessSpec(
             channel_order="BGR", scale=1.0, mean=CAFFE_MEAN_BGR, std=[1.0, 1.0, 1.0],
-            min_size=480, max_size=640, rounding="round",
+            min_size=480, max_size=640, rounding="maskrcnn_benchmark",
         ),
         postprocess=PostprocessSpec(
             nms_iou=0.4, nms_rule="ge", nms_plus_one=True, max_detections=100, clip="resized_minus1",

@@ -95,8 +95,10 @@ class PreprocessSpec:
 
     resize: "shortest_edge" (short side -> min_size, long side <= max_size, keep ratio), "fixed"
     (stretch to fixed_size [H, W]) or "none". rounding: "floor" (torchvision), "round_half_up"
-    (detectron2: int(x + 0.5)), "round" (Python round). scale: pixel values are multiplied by
-    this before mean/std (1/255 for 0-1 inputs, 1.0 for 0-255).
+    (detectron2: int(x + 0.5)), "round" (yhenon: Python round), "detectron" (im_scale capped when
+    round(im_scale * long) > max_size, sides rounded as cv2), "maskrcnn_benchmark" (short side
+    int(round(...)) when capped, long side truncated); see runtime.preprocess.resized_hw. scale:
+    pixel values are multiplied by this before mean/std (1/255 for 0-1 inputs, 1.0 for 0-255).
     """
 
     channel_order: str = "BGR"
@@ -251,8 +253,14 @@ class ModelSpec:
             problems.append(f"preprocess.resize={pre.resize!r} (use 'shortest_edge', 'fixed' or 'none')")
         if pre.resize == "fixed" and not pre.fixed_size:
             problems.append("preprocess.resize='fixed' needs preprocess.fixed_size [H, W]")
-        if pre.rounding not in ("floor", "round_half_up", "round"):
-            problems.append(f"preprocess.rounding={pre.rounding!r} (floor, round_half_up or round)")
+        if pre.rounding not in ("floor", "round_half_up", "round", "detectron", "maskrcnn_benchmark"):
+            problems.append(
+                f"preprocess.rounding={pre.rounding!r} (floor, round_half_up, round, detectron or maskrcnn_benchmark)"
+            )
+        if p.rescale == "uniform" and pre.resize == "shortest_edge" and pre.rounding in (
+            "round_half_up", "maskrcnn_benchmark"
+        ):
+            problems.append(f"postprocess.rescale='uniform' needs one resize factor; rounding={pre.rounding!r} has none")
         if problems:
             more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
             raise UsageError(f"inconsistent spec: {problems[0]}{more}")

@@ -79,7 +79,7 @@ class DetectronImporter(Importer):
             box_coder=BoxCoderSpec(weights=[1.0, 1.0, 1.0, 1.0], scale_clamp=math.log(1000.0 / 16), plus_one=True),
             preprocess=PreprocessSpec(
                 channel_order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0, 1.0, 1.0],
-                min_size=800, max_size=1333, rounding="round", size_divisibility=128,
+                min_size=800, max_size=1333, rounding="detectron", size_divisibility=128,
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05, 0.05, 0.05, 0.05, 0.0], topk_per_level=1000, nms_iou=0.5, nms_rule="ge",

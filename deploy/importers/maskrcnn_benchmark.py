@@ -68,7 +68,7 @@ class MaskrcnnBenchmarkImporter(Importer):
             box_coder=BoxCoderSpec(weights=[10.0, 10.0, 5.0, 5.0], scale_clamp=math.log(1000.0 / 16), plus_one=True),
             preprocess=PreprocessSpec(
                 channel_order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0, 1.0, 1.0],
-                min_size=800, max_size=1333, rounding="round",
+                min_size=800, max_size=1333, rounding="maskrcnn_benchmark",
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05] * 5, topk_per_level=1000, nms_iou=0.4, nms_rule="ge", nms_plus_one=True,

@@ -17,6 +17,7 @@ import numpy as np
 
 from retinanet_trt.model.anchors import grid_anchors
 from retinanet_trt.model.box_coder import decode
+from retinanet_trt.runtime.preprocess import resize_scale, resized_hw
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import ModelSpec
 
@@ -239,8 +240,19 @@ def _clip(boxes: np.ndarray, x_max: float, y_max: float, lower_only_xy1: bool = 
     np.clip(boxes[:, 1::2], zero, np.float32(y_max), out=boxes[:, 1::2])
 
 
-def _to_original(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
-    """Scale boxes (M, 4) from resized-image to original-image pixels, per axis."""
+def _to_original(boxes: np.ndarray, meta: ImageMeta, spec: ModelSpec | None = None) -> np.ndarray:
+    """Scale boxes (M, 4) from resized-image to original-image pixels.
+
+    Per axis (x by W_orig / W_resized, y by H), or with spec.postprocess.rescale "uniform" divided
+    by the one factor the pre-process resized with (Detectron's `box_pred /= im_scale`, yhenon's
+    `boxes /= scale`), recomputed from original_hw and spec.preprocess. A meta whose resized size
+    is not what the spec's resize gives (a "fixed" stretch, sizes set by hand) has no such factor
+    and is scaled per axis. Without a spec: per axis.
+    """
+    if spec is not None and spec.postprocess.rescale == "uniform":
+        pre = spec.preprocess
+        if pre.resize in ("shortest_edge", "none") and resized_hw(meta.original_hw, pre) == tuple(meta.resized_hw):
+            return boxes / np.float32(resize_scale(meta.original_hw, pre))
     ratio_h = np.float32(meta.original_hw[0]) / np.float32(meta.resized_hw[0])
     ratio_w = np.float32(meta.original_hw[1]) / np.float32(meta.resized_hw[1])
     return boxes * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
@@ -314,14 +326,14 @@ def _merge(
     elif post.clip == "padded_lower":  # yhenon: padded input, x1/y1 from below, x2/y2 from above
         _clip(boxes, meta.input_hw[1], meta.input_hw[0], lower_only_xy1=True)
     elif post.clip == "original_minus1":  # Detectron rescales and clips before its NMS
-        boxes = _to_original(boxes, meta)
+        boxes = _to_original(boxes, meta, spec)
         _clip(boxes, meta.original_hw[1] - 1, meta.original_hw[0] - 1)
         in_original = True
 
     keep = batched_nms(boxes, scores, classes, post.nms_iou, post.nms_rule, post.nms_plus_one, post.max_detections)
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     if not in_original:
-        boxes = _to_original(boxes, meta)
+        boxes = _to_original(boxes, meta, spec)
     if post.clip == "original":  # detectron2's detector_postprocess, after NMS and the cap
         _clip(boxes, meta.original_hw[1], meta.original_hw[0])
     if post.drop_empty:

@@ -4,7 +4,7 @@ Order of operations (the one every supported framework's numbers reduce to): dec
 resize with Pillow on uint8 (detectron2, maskrcnn-benchmark), reorder channels, multiply by
 `scale`, subtract mean and divide by std, then pad with zeros bottom/right, so padding is 0 *after*
 normalisation as in torchvision's and detectron2's batching. Output sizes follow each framework's
-own rounding exactly (facts/checkpoint-formats.md 1g, 2f, 4f); pixel values may differ slightly
+own rounding exactly (facts/checkpoint-formats.md 1g, 2f, 3f, 4f, 5f); pixel values may differ slightly
 where a framework resizes floats with another library.
 """
 
@@ -27,14 +27,52 @@ _RESAMPLE = {
 }
 
 
+def resize_scale(original_hw: tuple[int, int], pre: PreprocessSpec) -> float:
+    """The one factor the spec's resize applies to both sides, computed as the framework computes it.
+
+    A post-process with rescale "uniform" divides boxes by it (Detectron's im_scale, yhenon's scale):
+      floor       torchvision: min(min_size / short, max_size / long) in float32
+      round       yhenon: min_size / short; max_size / long when long * scale > max_size
+      detectron   Detectron: min_size / short; max_size / long when round(scale * long) > max_size
+    resize "none" gives 1.0. "round_half_up" and "maskrcnn_benchmark" set each side on its own and a
+    "fixed" resize stretches, so they have no single factor: UsageError.
+    """
+    if pre.resize == "none":
+        return 1.0
+    if pre.resize != "shortest_edge" or pre.rounding not in ("floor", "round", "detectron"):
+        raise UsageError(
+            f"preprocess resize={pre.resize!r} rounding={pre.rounding!r} has no single resize factor; "
+            "use postprocess.rescale='per_axis'"
+        )
+    h, w = original_hw
+    short, long = min(h, w), max(h, w)
+    if pre.rounding == "floor":
+        # torchvision computes `800.0 / tensor` in float32, which torch evaluates as
+        # reciprocal(tensor) * 800; that float32 value decides floor() at boundaries
+        # (480 * scale gives 800, where the exact 800/480 in double would give 799.99...).
+        inv_short, inv_long = np.float32(1.0) / np.float32(short), np.float32(1.0) / np.float32(long)
+        return float(min(inv_short * np.float32(pre.min_size), inv_long * np.float32(pre.max_size)))
+    scale = pre.min_size / short
+    if pre.rounding == "round":  # yhenon Resizer: `if largest_side * scale > max_side`
+        if long * scale > pre.max_size:
+            scale = pre.max_size / long
+    elif round(scale * long) > pre.max_size:  # Detectron get_target_scale: np.round (half to even)
+        scale = pre.max_size / long
+    return scale
+
+
 def resized_hw(original_hw: tuple[int, int], pre: PreprocessSpec) -> tuple[int, int]:
     """(H, W) after the spec's resize, rounded as the source framework rounds.
 
     shortest_edge scales the short side to min_size unless the long side would pass max_size, in
     which case the long side becomes max_size. Rounding:
-      floor          torchvision: scale computed in float32, each side floor(side * scale)
-      round_half_up  detectron2: short side = min_size exactly, each side int(x + 0.5)
-      round          yhenon: each side Python round(side * scale) (half to even)
+      floor               torchvision: scale computed in float32, each side floor(side * scale)
+      round_half_up       detectron2: short side = min_size exactly, each side int(x + 0.5)
+      round               yhenon: each side Python round(side * scale) (half to even)
+      detectron           Detectron: round(side * im_scale) as cv2.resize(fx=fy=im_scale) (half to
+                          even), im_scale capped when round(im_scale * long) > max_size
+      maskrcnn_benchmark  T.Resize: short side = min_size, or int(round(max_size * short / long)) when
+                          long / short * min_size > max_size; long side int(size * long / short) (truncated)
     """
     h, w = original_hw
     if pre.resize == "none":
@@ -48,11 +86,7 @@ def resized_hw(original_hw: tuple[int, int], pre: PreprocessSpec) -> tuple[int, 
         raise UsageError(f"preprocess.resize={pre.resize!r} (use 'shortest_edge', 'fixed' or 'none')")
     short, long = min(h, w), max(h, w)
     if pre.rounding == "floor":
-        # torchvision computes `800.0 / tensor` in float32, which torch evaluates as
-        # reciprocal(tensor) * 800; that float32 value decides floor() at boundaries
-        # (480 * scale gives 800, where the exact 800/480 in double would give 799.99...).
-        inv_short, inv_long = np.float32(1.0) / np.float32(short), np.float32(1.0) / np.float32(long)
-        scale = float(min(inv_short * np.float32(pre.min_size), inv_long * np.float32(pre.max_size)))
+        scale = resize_scale(original_hw, pre)
         return math.floor(h * scale), math.floor(w * scale)
     if pre.rounding == "round_half_up":
         # detectron2 sets the short side to min_size exactly and scales the long one, then caps.
@@ -63,12 +97,19 @@ def resized_hw(original_hw: tuple[int, int], pre: PreprocessSpec) -> tuple[int, 
             new_short, new_long = new_short * cap, new_long * cap
         new_h, new_w = (new_short, new_long) if h < w else (new_long, new_short)
         return int(new_h + 0.5), int(new_w + 0.5)
-    if pre.rounding == "round":
-        scale = pre.min_size / short
-        if long * scale > pre.max_size:
-            scale = pre.max_size / long
+    if pre.rounding in ("round", "detectron"):
+        # Python round and cv2's saturate_cast<int>(double) both round half to even.
+        scale = resize_scale(original_hw, pre)
         return round(h * scale), round(w * scale)
-    raise UsageError(f"preprocess.rounding={pre.rounding!r} (floor, round_half_up or round)")
+    if pre.rounding == "maskrcnn_benchmark":
+        size = pre.min_size
+        if float(long) / float(short) * size > pre.max_size:
+            size = int(round(pre.max_size * float(short) / float(long)))
+        other = int(size * long / short)
+        return (size, other) if h <= w else (other, size)
+    raise UsageError(
+        f"preprocess.rounding={pre.rounding!r} (floor, round_half_up, round, detectron or maskrcnn_benchmark)"
+    )
 
 
 def padded_side(side: int, pre: PreprocessSpec) -> int:
