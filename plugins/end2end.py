@@ -536,7 +536,7 @@ def detections_from_end2end(outputs: dict[str, np.ndarray], spec: ModelSpec, met
         elif post.clip == "resized_minus1":
             boxes = boxes.copy()
             _clip(boxes, meta.resized_hw[1] - 1, meta.resized_hw[0] - 1)
-        boxes = _to_original(boxes, meta)
+        boxes = _to_original(boxes, meta, spec)
         if post.clip == "original":
             _clip(boxes, meta.original_hw[1], meta.original_hw[0])
         elif post.clip == "original_minus1":

@@ -27,6 +27,7 @@ from retinanet_trt.plugins.end2end import (
 )
 from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
+from retinanet_trt.runtime.preprocess import resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
 
@@ -83,6 +84,7 @@ def _framework_specs() -> dict[str, ModelSpec]:
     yhenon = get_preset("tiny")
     yhenon.anchors.generator, yhenon.box_coder.scale_clamp = "yhenon", None
     yhenon.postprocess.clip, yhenon.postprocess.max_detections = "padded_lower", None
+    yhenon.preprocess.rounding, yhenon.postprocess.rescale = "round", "uniform"
     specs["yhenon"] = yhenon
     return specs
 
@@ -91,12 +93,17 @@ def _framework_specs() -> dict[str, ModelSpec]:
 @pytest.mark.parametrize("framework", list(_framework_specs()))
 def test_graph_matches_numpy_postprocess_for_each_framework(framework: str, anchors: str) -> None:
     spec = _framework_specs()[framework]
-    input_hw = (128, 160)
+    input_hw = (320, 320)
     outputs = _head_outputs(spec, 2, input_hw, seed=len(framework))
     feature_hws = [tuple(outputs[f"cls_p{lv}"].shape[2:]) for lv in spec.levels]
-    # The image fills the input (and original = resized), so even the clip modes the graph can only
-    # approximate (resized, original_minus1) must agree exactly.
-    metas = [ImageMeta(original_hw=input_hw, resized_hw=input_hw, input_hw=input_hw)] * 2
+    if spec.postprocess.clip in ("original", "padded_lower"):  # exact: any image size
+        originals = [(100, 150), (61, 47)]
+        metas = [ImageMeta(original_hw=o, resized_hw=resized_hw(o, spec.preprocess), input_hw=input_hw) for o in originals]
+        assert all(m.resized_hw[0] <= input_hw[0] and m.resized_hw[1] <= input_hw[1] for m in metas)
+    else:
+        # The clip modes the graph can only approximate (resized, original_minus1) agree exactly
+        # when the image fills the input and original = resized.
+        metas = [ImageMeta(original_hw=input_hw, resized_hw=input_hw, input_hw=input_hw)] * 2
     feed = dict(outputs)
     if anchors == "computed":
         feed["images"] = np.zeros((2, 3, *input_hw), dtype=np.float32)
