@@ -624,6 +624,7 @@ def convention_report(spec: ModelSpec, nms: str, anchors_mode: str,
         if threshold < DENSE_KERNEL_BELOW:
             row("plugin_speed", f"score_threshold {threshold}", "dense kernel", True,
                 f"EfficientNMS_TRT sorts every score when score_threshold < {DENSE_KERNEL_BELOW} (slower)")
+    row("rescale", post.rescale, "detections_from_end2end", True)
     row("drop_empty", str(post.drop_empty), "detections_from_end2end", True)
     return {"nms": nms, "anchors": anchors_mode, "max_detections": d, "conventions": rows}
 
