@@ -139,7 +139,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         raise UsageError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and not opts.calib:
         raise UsageError("INT8 needs a calibration set: --calib FOLDER, --calib COCO.json or --calib demo")
-    method = opts.method if precision == "int8" else "minmax"  # FP16 only needs peak magnitudes
+    method = int8.canonical_method(opts.method) if precision == "int8" else "minmax"  # FP16 needs peaks only
     int8.method_params(method)
     check_writable(out)
     if out.resolve() == src.resolve():

@@ -49,6 +49,8 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "entropy": {"num_bins": 128, "num_quantized_bins": 128},
     "percentile": {"num_bins": 2048, "percentile": 99.999},
 }
+# NVIDIA's tools call min/max calibration "max" (ModelOpt, TAO); accept their name too.
+METHOD_ALIASES = {"max": "minmax"}
 CHUNK = 2  # images per collect step: ORT keeps every tensor of a step in memory (R50: ~0.4 GB/image)
 
 
@@ -59,6 +61,11 @@ class QuantizeConfig:
     method: str = "minmax"
     exclude: list[str] = field(default_factory=list)
     nodes_to_quantize: list[str] | None = None  # None: every supported node not excluded
+
+
+def canonical_method(method: str) -> str:
+    """'max' -> 'minmax'; other names unchanged (checked by method_params)."""
+    return METHOD_ALIASES.get(method, method)
 
 
 def method_params(method: str) -> dict[str, Any]:

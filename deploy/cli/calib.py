@@ -21,7 +21,7 @@ EXAMPLES = """\
 
 def _parser():  # type: ignore[no-untyped-def]
     from retinanet_trt.calib.convert import DEFAULT_CALIB_IMAGES, DEFAULT_EVAL_IMAGES, DEFAULT_METHOD
-    from retinanet_trt.calib.int8 import METHODS
+    from retinanet_trt.calib.int8 import METHOD_ALIASES, METHODS
 
     p = make_parser("trt-calib", __doc__ or "", EXAMPLES)
     p.add_argument("model", help="FP32 ONNX file written by trt-export")
@@ -35,8 +35,8 @@ def _parser():  # type: ignore[no-untyped-def]
     p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
                    help=f"calibration images to use (default {DEFAULT_CALIB_IMAGES})")
     p.add_argument("--seed", type=int, default=0, help="seed of the image sampling (default 0)")
-    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
-                   help=f"INT8 activation range calibration (default {DEFAULT_METHOD})")
+    p.add_argument("--method", choices=[*METHODS, *METHOD_ALIASES], default=DEFAULT_METHOD,
+                   help=f"INT8 activation range calibration (default {DEFAULT_METHOD}; 'max' = minmax)")
     p.add_argument("--exclude", action="append", default=[], metavar="WHAT",
                    help="keep in FP32: a group (backbone, fpn, p3..p7, head), a node name or a glob "
                         "('p3/cls_*'); repeat or comma-separate")
