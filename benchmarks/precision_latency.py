@@ -15,7 +15,6 @@ fused into integer kernels where ORT's CPU patterns match (biases are kept float
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
