@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
 from retinanet_trt.demo.train import build_targets, flatten_outputs, freeze_norms, match_anchors, trainable_model
 from retinanet_trt.model import output_names

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.presets import r50_fpn1024_1class, retinanet_r50_fpn, tiny, torchvision_v1
 from retinanet_trt.runtime.images import ImageLoadError, find_images, load_image, load_images

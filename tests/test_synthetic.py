@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from retinanet_trt.demo.synthetic import (
     SyntheticConfig,
     _rasterize,

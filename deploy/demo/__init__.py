@@ -21,6 +21,7 @@ DEMO_CHECKPOINT = Path(__file__).with_name("demo_tiny.pt")
 def load_demo(path: str | Path = DEMO_CHECKPOINT) -> tuple[ModelSpec, RetinaNet]:
     """(spec, model in eval mode) from the demo checkpoint (or another file in its format)."""
     import torch
+
     from retinanet_trt.model import build_model
 
     path = Path(path)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageInput, LoadedImage, LoadFailure, load_image, load_images
 from retinanet_trt.runtime.types import Batch, ImageMeta
