@@ -86,6 +86,12 @@ def _main(argv: list[str] | None) -> int:
                 result = convert_precision(onnx_path, precision, out, calib="demo", calib_images=32, seed=0,
                                            cache=args.out / f"demo.{precision}.calib.json", method="max")
                 report["precision"][precision] = {k: result.get(k) for k in ("map", "sqnr_db", "lint")}
+            rows = []
+            for precision, r in report["precision"].items():
+                mean_ap = r.get("map") or {}
+                rows.append([precision, mean_ap.get("fp32", "-"), mean_ap.get(precision, "-"),
+                             min(r["sqnr_db"].values()) if r.get("sqnr_db") else "-", (r.get("lint") or {}).get("passed")])
+            print(format_table(["precision", "mAP fp32", "mAP", "min SQNR dB", "lint passed"], rows))
             report["steps_s"]["precision"] = time.perf_counter() - t0
 
     write_json_atomic(args.out / "report.json", report)
