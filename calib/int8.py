@@ -86,6 +86,19 @@ class _Reader(CalibrationDataReader):
         return next(self._items, None)
 
 
+def _same_shape_chunks(inputs: list[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive runs of at most `size` inputs of one shape: ORT's histogram calibrators stack
+    each tensor over a collect step, which fails for a dynamic model fed images of several sizes."""
+    chunk: list[np.ndarray] = []
+    for x in inputs:
+        if chunk and (len(chunk) == size or x.shape != chunk[0].shape):
+            yield chunk
+            chunk = []
+        chunk.append(x)
+    if chunk:
+        yield chunk
+
+
 @contextmanager
 def _quiet_ort_logging() -> Iterator[None]:
     # quantize_static logs a "consider pre-processing" warning on every call; that ORT pre-pass
@@ -131,8 +144,7 @@ def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress:
             calibrate_method=METHODS[method], extra_options={"symmetric": True, **params},
         )
         bar = tqdm(total=len(inputs), desc=f"calibrating ({method})", unit="run", disable=not progress, leave=False)
-        for start in range(0, len(inputs), CHUNK):
-            chunk = inputs[start:start + CHUNK]
+        for chunk in _same_shape_chunks(inputs, CHUNK):
             calibrator.collect_data(_Reader(input_name, chunk))
             bar.update(len(chunk))
         bar.close()
