@@ -195,8 +195,9 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         timings["map_s"] = time.perf_counter() - t0
     if precision == "int8" and opts.sensitivity:
         t0 = time.perf_counter()
+        fp32_ap = report["map"]["fp32"] if "map" in report else None
         report["sensitivity"] = sensitivity_sweep(
-            model.proto, src, ranges or {}, method, excluded, photos, ref_runs, evaluation, opts.progress)
+            model.proto, src, ranges or {}, method, excluded, photos, ref_runs, evaluation, fp32_ap, opts.progress)
         timings["sensitivity_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     report["times_s"] = timings

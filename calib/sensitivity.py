@@ -37,16 +37,15 @@ def _to_db(noise: float) -> float:
 
 
 def sensitivity_sweep(model: onnx.ModelProto, src: Path, ranges: dict[str, Any], method: str, excluded: list[str],
-                      photos: list[np.ndarray], ref_runs: list[dict[str, np.ndarray]], evaluation: Any,
-                      progress: bool = True) -> dict[str, Any]:
-    """{"rows": [...], "recommended_exclusions": [...], "rule": str, "estimated_sqnr_db_after": x}."""
+                      photos: list[np.ndarray], ref_runs: list[dict[str, np.ndarray]], evaluation: Any = None,
+                      fp32_ap: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """{"rows": [...], "recommended_exclusions": [...], "rule": str, "estimated_sqnr_db_*": x}.
+
+    evaluation and fp32_ap (the FP32 file's AP on it): score each row's detections too."""
     groups = [g for g in groups_present(model) if g != "other"]
     rows: list[dict[str, Any]] = []
-    fp32_ap = None
-    if evaluation is not None:
-        from retinanet_trt.calib.detection_map import map_points
-
-        fp32_ap = map_points(src, evaluation, progress=False)["AP"]
+    if evaluation is None:
+        fp32_ap = None
     with tempfile.TemporaryDirectory(prefix="retinanet_trt.sens.") as tmp:
         for group in tqdm(groups, desc="sensitivity", unit="group", disable=not progress, leave=False):
             nodes = [n.name for n in model.graph.node if node_group(n.name) == group and n.name not in excluded]

@@ -286,3 +286,18 @@ def test_histogram_calibration_on_dynamic_model_with_mixed_sizes(tiny_onnx: tupl
                      ConvertOptions(calib="demo", calib_images=4, method="entropy", progress=False, evaluate_map=False))
     assert report["lint"]["passed"] and report["calibration"]["images_used"] == 4
     assert min(report["sqnr_db"].values()) > 20.0  # measured 25.2 dB
+
+
+def test_coco_json_set_scores_held_out_images_and_sweeps_groups(static_tiny: Path, tmp_path: Path) -> None:
+    from retinanet_trt.demo.synthetic import generate_dataset
+
+    ann = generate_dataset(tmp_path / "coco", 6, seed=3, split="val")
+    report = convert(static_tiny, "int8", tmp_path / "c.int8.onnx",
+                     ConvertOptions(calib=str(ann), calib_images=3, eval_images=3, sensitivity=True, progress=False))
+    assert report["calibration"]["kind"] == "coco" and report["calibration"]["images_used"] == 3
+    assert set(report["map"]) == {"fp32", "int8"}  # random weights: both near 0, but scored
+    assert report["map_detail"]["images"] == 3 and "not used for calibration" in report["map_detail"]["set"]
+    rows = report["sensitivity"]["rows"]
+    assert [r["group"] for r in rows] == ["backbone", "fpn", "p3", "p4", "p5", "p6", "p7"]
+    assert all("ap_lost" in r and r["sqnr_db"] > INT8_SQNR_FLOOR_DB for r in rows)
+    assert abs(sum(r["noise_share"] for r in rows) - 1.0) < 1e-9
