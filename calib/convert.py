@@ -52,7 +52,8 @@ class ConvertOptions:
 def convert_precision(src_onnx: Path, precision: str, out_onnx: Path, *, calib: str | None, calib_images: int,
                       seed: int, cache: Path | None, method: str) -> dict[str, Any]:
     """Write an FP16 or INT8 copy of src_onnx to out_onnx; return the accuracy report (see convert)."""
-    opts = ConvertOptions(calib=calib, calib_images=calib_images, seed=seed, cache=cache, method=method)
+    opts = ConvertOptions(calib=calib, calib_images=calib_images, seed=seed,
+                          cache=Path(cache) if cache is not None else None, method=method)
     return convert(Path(src_onnx), precision, Path(out_onnx), opts)
 
 

@@ -274,10 +274,14 @@ def test_convert_precision_signature_used_by_trt_build(static_tiny: Path, tmp_pa
 
     folder = _photo_folder(tmp_path / "set", 2)
     out = tmp_path / "m.fp16.onnx"
-    report = convert_precision(static_tiny, "fp16", out, calib=str(folder), calib_images=2, seed=0, cache=None, method="minmax")
+    report = convert_precision(static_tiny, "fp16", out, calib=str(folder), calib_images=2, seed=0, cache=None, method="max")
     assert report["lint"]["passed"] and report["calibration"]["images_used"] == 2
     assert report["fp16_overflow_nodes"] == []  # random tiny weights stay far below FP16's range
     assert Path(report["cache"]["path"]) == tmp_path / "m.fp16.calib.json"
+    # trt-build passes its argparse values as they come: str paths are fine too
+    named = convert_precision(str(static_tiny), "fp16", str(out), calib=str(folder), calib_images=2, seed=0,
+                              cache=str(tmp_path / "named.json"), method="max")  # type: ignore[arg-type]
+    assert named["cache"]["path"] == str(tmp_path / "named.json") and not named["cache"]["reused"]
 
 
 def test_histogram_calibration_on_dynamic_model_with_mixed_sizes(tiny_onnx: tuple[Path, object], tmp_path: Path) -> None:
