@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from retinanet_trt.build import sidecar_path
 from retinanet_trt.fileio import write_json_atomic
 from retinanet_trt.trt_engine import available

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from retinanet_trt import __version__
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec

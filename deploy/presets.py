@@ -4,7 +4,7 @@ detector, and `tiny` (tests and the bundled demo)."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from retinanet_trt.coco import COCO_IDS, COCO_NAMES, TORCHVISION_NAMES
 from retinanet_trt.errors import UsageError

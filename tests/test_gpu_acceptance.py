@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.trt_engine import available
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from retinanet_trt.build import detect_precision, resolve_profiles
 from retinanet_trt.cli.build import main, parse_shape_range
 from retinanet_trt.errors import UsageError

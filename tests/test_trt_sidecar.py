@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from retinanet_trt.build import SIDECAR_FORMAT
 from retinanet_trt.errors import UsageError
 from retinanet_trt.presets import get_preset

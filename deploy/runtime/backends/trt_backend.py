@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from retinanet_trt.build import SIDECAR_FORMAT, sidecar_path
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.backends.base import StageTimes
