@@ -10,6 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
+from retinanet_trt.demo.synthetic import iter_samples
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
@@ -27,7 +29,7 @@ from retinanet_trt.plugins.end2end import (
 )
 from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
-from retinanet_trt.runtime.preprocess import resized_hw
+from retinanet_trt.runtime.preprocess import preprocess, resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
 
@@ -242,3 +244,19 @@ def test_convention_report_names_what_is_not_exact() -> None:
     efficient = {c["name"] for c in convention_report(specs["detectron2"], "efficientnms", "constant")["conventions"]
                  if not c["exact"]}
     assert {"nms_rule", "nms_boxes"} <= efficient
+
+
+@pytest.mark.skipif(not DEMO_CHECKPOINT.exists(), reason="the demo checkpoint is not in this checkout")
+def test_demo_end_to_end_matches_on_synthetic_val_images(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec, model = load_demo()
+    plain_path = tmp_path / "demo.onnx"
+    export_onnx(model, spec, plain_path, ExportOptions(input_hw=(256, 320)))
+    plain = onnx.load(plain_path)
+    e2e, _ = add_end2end(plain)
+    detections = 0
+    for sample in iter_samples(4, seed=2024, split="val"):
+        batch = preprocess([sample.image], spec, input_hw=(256, 320))
+        result = check_against_reference(plain, e2e, batch.images, batch.metas)
+        assert result["passed"], result
+        detections += result["detections"]
+    assert detections >= 8  # a trained model: the objects are found
