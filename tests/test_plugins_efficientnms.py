@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+
 from retinanet_trt.export.metadata import read_info
 from retinanet_trt.plugins.efficientnms import PLUGIN_OP, efficientnms_attributes, plugin_nodes
 from retinanet_trt.plugins.end2end import OUTPUTS, add_end2end, postprocess_model

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from retinanet_trt.errors import UsageError
 from retinanet_trt.plugins.library import load_plugin_libraries, loaded_plugin_libraries
 
