@@ -97,9 +97,10 @@ def central_mean(runs: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def group_order(levels: Sequence[int], present: Sequence[str] = ()) -> list[str]:
-    """backbone, fpn, p3..pL, other, then 'mixed' (only when some fused layer spans groups)."""
+    """backbone, fpn, p3..pL, other, then 'post' (in-graph post-process of end-to-end models) and
+    'mixed' (a fused layer spanning groups), each only when present."""
     order = ["backbone", "fpn", *(f"p{lv}" for lv in levels), "other"]
-    return order + (["mixed"] if "mixed" in present else [])
+    return order + [g for g in ("post", "mixed") if g in present]
 
 
 # ---------------------------------------------------------------------------------------- inputs

@@ -15,7 +15,6 @@ DLA build on 10.x, where DLA still needs the FP16/INT8 builder flags of a weakly
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from collections.abc import Sequence
@@ -129,20 +128,21 @@ def load_plugin_libraries(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Load plugin shared libraries so their creators are registered before parsing or deserializing."""
     import tensorrt as trt
 
+    from retinanet_trt.plugins.library import check_plugin_library
+    from retinanet_trt.plugins.library import load_plugin_libraries as dlopen_plugin_libraries
+
     registry = trt.get_plugin_registry()
     for path in paths:
-        real = os.path.realpath(path)
+        real = str(check_plugin_library(path))  # one-line errors for missing / non-library files
         if real in _loaded_plugin_libs:
             continue
-        if not os.path.isfile(real):
-            raise TrtError(f"plugin library {path} not found")
         if hasattr(registry, "load_library"):
             # TensorRT's own loader where the bindings have it; otherwise a global dlopen lets the
             # library's static plugin registration run, which is how older releases load plugins.
             if registry.load_library(real) is None:
                 raise TrtError(f"TensorRT could not load plugin library {path}")
         else:
-            ctypes.CDLL(real, mode=ctypes.RTLD_GLOBAL)
+            dlopen_plugin_libraries([real])
         _loaded_plugin_libs.add(real)
 
 

@@ -231,3 +231,16 @@ def test_trt_profiler_rows_by_layer_name() -> None:
     profiler.run(np.zeros(1), keep=True)
     profile = profiler.finish()
     assert profile.runs == [{"backbone": 1.0, "p3": 2.0, "mixed": 3.0, "other": 4.0}]
+
+
+def test_end_to_end_model_shows_in_graph_postprocess_as_its_own_row(tmp_path: Path) -> None:
+    from retinanet_trt.cli.export import main as export_main
+
+    model = tmp_path / "e2e.onnx"
+    assert export_main(["--preset", "tiny", "--random-init", "--input-size", "128", "160", "--end2end",
+                        "-o", str(model), "--quiet"]) == 0
+    out = tmp_path / "b.json"
+    assert main([str(model), "--backend", "ort-cpu", "--warmup", "1", "--iterations", "3", "--json", str(out)]) == 0
+    levels = json.loads(out.read_text())["results"]["ort-cpu"]["per_level_ms"]
+    assert levels["post"] > 0 and levels["backbone"] > 0
+    assert levels.get("other", 0.0) < levels["post"]

@@ -16,7 +16,7 @@ import onnx
 
 PARTS = ("backbone", "fpn", "head")
 _LEVEL_OUTPUT = re.compile(r"^(?:cls|box)_p(\d)$")
-_GROUP_PREFIX = re.compile(r"^(backbone|fpn|p\d)/")
+_GROUP_PREFIX = re.compile(r"^(backbone|fpn|p\d|post)/")  # post: in-graph decode + NMS (plugins/)
 
 
 def _levels_reached(graph: onnx.GraphProto) -> dict[int, set[int]]:
@@ -75,7 +75,8 @@ def tag_node_names(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def node_group(name: str) -> str:
-    """The group a node or TensorRT layer name belongs to: 'backbone', 'fpn', 'p3'..'p7' or 'other'.
+    """The group a node or TensorRT layer name belongs to: 'backbone', 'fpn', 'p3'..'p7', 'post' (the
+    in-graph post-process of end-to-end models) or 'other'.
 
     TensorRT names fused layers by joining the names of the nodes it fused with ' + '; a fused layer
     whose parts span groups is reported as 'mixed'."""
