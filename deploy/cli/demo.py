@@ -91,7 +91,7 @@ def _main(argv: list[str] | None) -> int:
                 mean_ap = r.get("map") or {}
                 rows.append([precision, mean_ap.get("fp32", "-"), mean_ap.get(precision, "-"),
                              min(r["sqnr_db"].values()) if r.get("sqnr_db") else "-", (r.get("lint") or {}).get("passed")])
-            print(format_table(["precision", "mAP fp32", "mAP", "min SQNR dB", "lint passed"], rows))
+            print(format_table(["precision", "mAP fp32 (x100)", "mAP (x100)", "min SQNR dB", "lint passed"], rows))
             report["steps_s"]["precision"] = time.perf_counter() - t0
 
     write_json_atomic(args.out / "report.json", report)
