@@ -25,9 +25,7 @@ status is 0 when every check passes, 1 when one fails, 2 without TensorRT or a G
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import platform
 import re
 import shutil
 import subprocess
@@ -42,6 +40,7 @@ import numpy as np
 from retinanet_trt.build import sidecar_path
 from retinanet_trt.fileio import write_json_atomic
 from retinanet_trt.trt_engine import available
+from retinanet_trt.versions import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -63,18 +62,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
         "mean": float(arr.mean()),
         "n": int(arr.size),
     }
-
-
-def versions() -> dict[str, str]:
-    """Package versions recorded with every result (TensorRT and CUDA come from the engine sidecars)."""
-    found = {"python": platform.python_version()}
-    for dist in ("onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "torch", "cuda-python", "cuda-bindings",
-                 "nvidia-modelopt"):
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 # ---------------------------------------------------------------------------------------- steps
@@ -316,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "tensorrt_version": trt_engine.version(),
         "gpu": cuda_rt.device_info(0),
-        "versions": versions(),
+        "versions": package_versions(),
         "trtexec": exe,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "thresholds": {"min_sqnr_same_onnx_db": MIN_SQNR_SAME_ONNX_DB, "max_ap_drop": MAX_AP_DROP},

@@ -36,7 +36,7 @@ from postprocess import synthetic_outputs  # benchmarks/postprocess.py: busy-ima
 from retinanet_trt.cli.export import default_input_hw
 from retinanet_trt.demo import DEMO_CHECKPOINT
 from retinanet_trt.evaluate import coco_map, detections_to_coco, load_coco
-from retinanet_trt.export.pipeline import ExportOptions, export_onnx, versions
+from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.plugins.end2end import (
     OUTPUTS,
     add_end2end,
@@ -51,6 +51,7 @@ from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.versions import package_versions
 
 
 def session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         result["r50_busy_synthetic"] = r50_busy_section(args)
         if not args.skip_r50_model:
             result["r50_random_weights"] = r50_random_section(args, work)
-    result["versions"] = {**versions(), "platform": platform.platform(),
+    result["versions"] = {**package_versions(), "platform": platform.platform(),
                           "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                           "load_average_1m": os.getloadavg()[0]}
     print(json.dumps({k: v for k, v in result.items() if k != "versions"}, indent=1, default=str)[:6000])

@@ -27,8 +27,9 @@ import numpy as np
 import onnxruntime as ort
 
 from retinanet_trt.calib.accuracy import held_out_inputs
-from retinanet_trt.calib.convert import ConvertOptions, convert, versions
+from retinanet_trt.calib.convert import ConvertOptions, convert
 from retinanet_trt.export.metadata import read_spec
+from retinanet_trt.versions import package_versions
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_fp32_median": {k: v["median_ms"] / base for k, v in results.items()},
         "file_bytes": sizes,
         "made_here": made,
-        "versions": {**versions(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "versions": {**package_versions(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
                      "processor": platform.processor() or platform.machine()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 
 from retinanet_trt.calib import accuracy, cache, fp16, int8, lint, select, sets
 from retinanet_trt.calib.sensitivity import sensitivity_sweep
@@ -24,6 +22,7 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.versions import package_versions
 
 PRECISIONS = ("fp16", "int8")
 DEFAULT_METHOD = "minmax"
@@ -122,13 +121,6 @@ def _write(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any], out: P
     return lint.lint_file(out)
 
 
-def versions() -> dict[str, str]:
-    import onnxconverter_common
-
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "onnxconverter_common": onnxconverter_common.__version__, "python": platform.python_version()}
-
-
 def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[str, Any]:
     """Convert src to `precision` at out, lint it, measure it against src; return the report dict.
 
@@ -202,7 +194,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         timings["sensitivity_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     report["times_s"] = timings
-    report["versions"] = versions()
+    report["versions"] = package_versions()
     return report
 
 

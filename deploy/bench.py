@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.images import LoadedImage, find_images, load_image
 from retinanet_trt.runtime.preprocess import padded_side, preprocess
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.versions import environment
 
 STAGES = ("preprocess", "h2d", "compute", "d2h", "postprocess", "end_to_end")
 PER_LEVEL_TOLERANCE = 0.10  # per-level sum vs un-profiled compute: DESIGN's acceptance bound
@@ -562,7 +562,7 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
             "preprocess": "resize to the input size + normalise + pad (images decoded beforehand)",
             "statistics": "median, p90, p99 over timed iterations; throughput = images / sum of end-to-end times",
         },
-        "versions": versions(),
+        "versions": environment(),
         "results": results,
     }
 
@@ -626,50 +626,6 @@ def _add_ratios(results: dict[str, dict[str, Any]], order: list[str]) -> None:
             key: {"time_ratio": r[f"{key}_ms"] / first[f"{key}_ms"], "speedup": first[f"{key}_ms"] / r[f"{key}_ms"]}
             for key in ("end_to_end", "compute")
         }
-
-
-# ---------------------------------------------------------------------------------------- versions
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict[str, Any]:
-    """Software and hardware the figures were measured with."""
-    import numpy
-    import onnx
-    import onnxruntime
-
-    from retinanet_trt import __version__, cuda_rt, trt_engine
-
-    out: dict[str, Any] = {
-        "retinanet_trt": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-        "ort_providers": onnxruntime.get_available_providers(),
-        "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-        out["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        out["torch"] = None
-    ok, why = trt_engine.available()
-    out["tensorrt"] = trt_engine.version() if ok else None
-    if not ok:
-        out["tensorrt_note"] = why
-    gpu_ok, gpu = cuda_rt.gpu_available()
-    out["gpu"] = cuda_rt.device_info(0) if gpu_ok else None
-    if not gpu_ok:
-        out["gpu_note"] = gpu
-    return out
 
 
 # ---------------------------------------------------------------------------------------- output

@@ -24,6 +24,7 @@ from retinanet_trt.export.pool_fix import fix_ceil_mode_pools
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.model.retinanet import RetinaNet, output_names
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.versions import package_versions
 
 DEFAULT_OPSET = 17
 PARITY_MAX_REL = 1e-4  # the acceptance bound on every output's max_rel against PyTorch
@@ -183,7 +184,7 @@ def export_onnx(model: RetinaNet, spec: ModelSpec, out_path: str | Path, opts: E
         "fixes": fixes,
         "times_s": {k: round(v, 3) for k, v in times.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "versions": versions(),
+        "versions": package_versions(),
     }
     if not report["passed"]:
         raise ParityError(report)
@@ -200,19 +201,3 @@ class ParityError(Exception):
             f"{report['parity_tolerance']:.3g}; no file written"
         )
         self.report = report
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    import onnxruntime
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-    try:
-        import onnxsim
-
-        out["onnxsim"] = getattr(onnxsim, "__version__", "?")
-    except ImportError:
-        pass
-    return out

@@ -1,0 +1,63 @@
+"""Software and hardware that a figure was measured with, recorded in every report and benchmark."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+# Distributions whose versions matter to a result; the ones not installed are left out.
+DISTRIBUTIONS = (
+    "retinanet-trt", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim",
+    "onnxconverter-common", "pycocotools", "cuda-python", "cuda-bindings", "tensorrt", "nvidia-modelopt",
+)
+
+
+def package_versions() -> dict[str, Any]:
+    """{"python": ..., "platform": ..., "cpu": ..., distribution: version, ...} without importing them."""
+    found: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                             "cpu": cpu_name(), "cpu_count": os.cpu_count()}
+    for dist in DISTRIBUTIONS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """package_versions plus what this process can run: ONNX Runtime providers, torch threads,
+    TensorRT and GPU availability (with the reason when missing). Imports those packages."""
+    import onnxruntime
+
+    from retinanet_trt import cuda_rt, trt_engine
+
+    out = package_versions()
+    out["ort_providers"] = onnxruntime.get_available_providers()
+    try:
+        import torch
+
+        out["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        out["torch"] = None
+    ok, why = trt_engine.available()
+    out["tensorrt"] = trt_engine.version() if ok else None
+    if not ok:
+        out["tensorrt_note"] = why
+    gpu_ok, gpu = cuda_rt.gpu_available()
+    out["gpu"] = cuda_rt.device_info(0) if gpu_ok else None
+    if not gpu_ok:
+        out["gpu_note"] = gpu
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
