@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from postprocess import synthetic_outputs  # benchmarks/postprocess.py: busy-image outputs
 
 from retinanet_trt.cli.export import default_input_hw
@@ -47,19 +46,12 @@ from retinanet_trt.plugins.end2end import (
     postprocess_model,
 )
 from retinanet_trt.presets import get_preset
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
-
-
-def session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -92,7 +84,7 @@ def compare_postprocess(spec: ModelSpec, cases: list[tuple[dict[str, np.ndarray]
     """Time and check NumPy vs the post-process graph on (raw outputs, metas) cases of one input size."""
     raw0, metas0 = cases[0]
     feature_hws = [tuple(raw0[f"cls_p{lv}"].shape[2:]) for lv in spec.levels]
-    graph = session(postprocess_model(spec, metas0[0].input_hw, feature_hws), threads)  # type: ignore[arg-type]
+    graph = cpu_session(postprocess_model(spec, metas0[0].input_hw, feature_hws), threads)  # type: ignore[arg-type]
 
     def in_graph(case: tuple[dict[str, np.ndarray], list[ImageMeta]]) -> list[Any]:
         raw, metas = case
@@ -132,7 +124,7 @@ def demo_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     coco_json = generate_dataset(work / "val", args.val_images, seed=args.val_seed, split="val")
     coco = load_coco(coco_json)
-    plain_s, e2e_s = session(str(plain_path), args.threads), session(str(e2e_path), args.threads)
+    plain_s, e2e_s = cpu_session(plain_path, args.threads), cpu_session(e2e_path, args.threads)
     names = [o.name for o in plain_s.get_outputs()]
     cases, e2e_cases = [], []
     for image_id in sorted(coco.getImgIds()):
@@ -171,7 +163,7 @@ def demo_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # with the convention vs the post-process graph with it (same raw maps).
     for name, variant in convention_variants(spec).items():
         feature_hws = [tuple(cases[0][0][f"cls_p{lv}"].shape[2:]) for lv in variant.levels]
-        graph = session(postprocess_model(variant, input_hw, feature_hws), args.threads)  # type: ignore[arg-type]
+        graph = cpu_session(postprocess_model(variant, input_hw, feature_hws), args.threads)  # type: ignore[arg-type]
         ref_v, got_v = [], []
         for raw, metas in cases:
             ref_v += postprocess(raw, variant, metas)

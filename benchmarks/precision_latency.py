@@ -24,20 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from retinanet_trt.calib.accuracy import held_out_inputs
 from retinanet_trt.calib.convert import ConvertOptions, convert
 from retinanet_trt.export.metadata import read_spec
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.versions import package_versions
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -48,7 +40,7 @@ def _stats(ms: list[float]) -> dict[str, float]:
 
 def measure(files: dict[str, Path], x: np.ndarray, threads: int, warmup: int, iters: int) -> dict[str, dict[str, float]]:
     """Per file: latency stats of session.run on x, iterations interleaved across files."""
-    sessions = {k: _session(p, threads) for k, p in files.items()}
+    sessions = {k: cpu_session(p, threads) for k, p in files.items()}
     name = {k: s.get_inputs()[0].name for k, s in sessions.items()}
     for _ in range(warmup):
         for k, s in sessions.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,6 @@ from retinanet_trt.spec import ModelSpec
 # Real photos bundled with scikit-image (people, animals, objects, vehicles, a street scene).
 HELD_OUT_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 _LEVEL = re.compile(r"^(cls|box)_p(\d)$")
-
-
-def session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session; threads 0 lets ONNX Runtime choose."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3  # ORT warns about unused initializers left by Q/DQ insertion
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def run_all(sess: ort.InferenceSession, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

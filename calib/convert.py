@@ -21,6 +21,7 @@ from retinanet_trt.calib.sensitivity import sensitivity_sweep
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
@@ -172,7 +173,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
 
     t0 = time.perf_counter()
     photos, names, stretched = accuracy.held_out_inputs(model.spec, model.input_hw, model.batch)
-    ref_sess, cand_sess = accuracy.session(src), accuracy.session(out)
+    ref_sess, cand_sess = cpu_session(src), cpu_session(out)
     ref_runs = accuracy.run_all(ref_sess, photos)
     cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cand_sess, photos))
     report["sqnr_db"] = {k: v["sqnr_db"] for k, v in cmp.items()}

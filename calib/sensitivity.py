@@ -20,6 +20,7 @@ from tqdm import tqdm
 from retinanet_trt.calib import accuracy, int8
 from retinanet_trt.calib.select import groups_present
 from retinanet_trt.export.naming import node_group
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
 
 # Below this output SQNR the tool recommends exclusions (noise at 1% of the signal power).
 TARGET_SQNR_DB = 20.0
@@ -53,7 +54,7 @@ def sensitivity_sweep(model: onnx.ModelProto, src: Path, ranges: dict[str, Any],
                 continue
             path = Path(tmp) / f"{group}.onnx"
             int8.quantize(src, path, ranges, int8.QuantizeConfig(method, list(excluded), nodes))
-            cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(accuracy.session(path), photos))
+            cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cpu_session(path), photos))
             worst = min(cmp, key=lambda k: cmp[k]["sqnr_db"])
             row: dict[str, Any] = {"group": group, "nodes": len(nodes), "sqnr_db": cmp[worst]["sqnr_db"],
                                    "worst_output": worst, "cosine": cmp[worst]["cosine"]}

@@ -655,7 +655,7 @@ def check_against_reference(plain: onnx.ModelProto, end2end: onnx.ModelProto, im
                             metas: list[ImageMeta] | None = None, seed: int = 0) -> dict[str, Any]:
     """Run both models in ONNX Runtime (CPU) and compare runtime.postprocess on the plain model's
     maps with detections_from_end2end: see compare_detections. Random images when none are given."""
-    from retinanet_trt.export.pipeline import ort_session
+    from retinanet_trt.runtime.backends.ort_backend import cpu_session
     from retinanet_trt.runtime.postprocess import postprocess
 
     spec = read_spec(end2end)
@@ -666,7 +666,7 @@ def check_against_reference(plain: onnx.ModelProto, end2end: onnx.ModelProto, im
     if metas is None:
         hw = (int(images.shape[2]), int(images.shape[3]))
         metas = [ImageMeta(original_hw=hw, resized_hw=hw, input_hw=hw) for _ in range(images.shape[0])]
-    plain_session, e2e_session = ort_session(plain.SerializeToString()), ort_session(end2end.SerializeToString())
+    plain_session, e2e_session = cpu_session(plain), cpu_session(end2end)
     names = [o.name for o in plain_session.get_outputs()]
     raw = dict(zip(names, plain_session.run(names, {"images": images}), strict=True))
     e2e = dict(zip(OUTPUTS, e2e_session.run(list(OUTPUTS), {"images": images}), strict=True))

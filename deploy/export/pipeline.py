@@ -23,6 +23,7 @@ from retinanet_trt.export.parity import compare_outputs, worst
 from retinanet_trt.export.pool_fix import fix_ceil_mode_pools
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.model.retinanet import RetinaNet, output_names
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
@@ -95,20 +96,11 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     return simplified
 
 
-def ort_session(model_bytes: bytes, threads: int = 0):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-
-
 def run_parity(
     reference: RetinaNet, model_bytes: bytes, spec: ModelSpec, sizes: list[tuple[int, int]], batch: int, seed: int
 ) -> list[dict[str, Any]]:
     """Run PyTorch (unfolded) and ONNX Runtime on the same random input at each size."""
-    session = ort_session(model_bytes)
+    session = cpu_session(model_bytes)
     names = output_names(spec)
     results = []
     for i, (h, w) in enumerate(sizes):

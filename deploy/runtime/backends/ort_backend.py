@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_spec
@@ -17,6 +18,20 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
+
+
+def cpu_session(model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int = 0):  # type: ignore[no-untyped-def]
+    """A CPU InferenceSession over a file, serialized bytes or a ModelProto; threads 0 lets ONNX
+    Runtime choose. Warnings are silenced: Q/DQ insertion leaves unused initializers ORT reports."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OrtBackend:
