@@ -19,11 +19,14 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 TORCH = "torch==2.13.0"
+# Type stubs for the TensorRT static checks (mypy in the tests). --no-deps: the stubs depend on
+# `tensorrt`, which only NVIDIA's index serves; pinned because the test repairs known stub bugs.
+TRT_STUBS = "tensorrt-stubs==10.13.0.35.1"
 
 
 def ensure_env() -> None:
     stamp = VENV / ".installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (TORCH + TRT_STUBS).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == want and PY.exists():
         return
     if not PY.exists():
@@ -33,6 +36,7 @@ def ensure_env() -> None:
     subprocess.check_call(pip + ["--upgrade", "pip", "setuptools>=69", "wheel"])
     subprocess.check_call(pip + [TORCH])
     subprocess.check_call(pip + ["-e", f"{ROOT}[dev]"])
+    subprocess.check_call(pip + ["--no-deps", TRT_STUBS])
     stamp.write_text(want)
 
 

@@ -145,22 +145,6 @@ def test_precision_is_read_from_the_graph(static_onnx: Path) -> None:
     assert detect_precision(model) == "int8"
 
 
-def _has_calib_convert() -> bool:
-    try:
-        from retinanet_trt.calib import convert  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_has_calib_convert(), reason="retinanet_trt.calib.convert exists; the next test covers it")
-def test_onnx_only_without_calib_module(static_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run([str(static_onnx), "--fp16", "--onnx-only", "-o", str(tmp_path / "m.fp16.onnx")], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "retinanet_trt.calib.convert" in err
-    assert _files(tmp_path) == set()
-
-
-@pytest.mark.skipif(not _has_calib_convert(), reason="retinanet_trt.calib.convert is not written yet")
 def test_onnx_only_writes_fp16(static_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.fp16.onnx"
     code, _, err = _run([str(static_onnx), "--fp16", "--onnx-only", "-o", str(out)], capsys)
@@ -169,7 +153,6 @@ def test_onnx_only_writes_fp16(static_onnx: Path, tmp_path: Path, capsys: pytest
     assert not any(name.endswith(".engine") for name in os.listdir(tmp_path))
 
 
-@pytest.mark.skipif(not _has_calib_convert(), reason="retinanet_trt.calib.convert is not written yet")
 def test_onnx_only_writes_int8(tiny_onnx, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     # A dynamic model: the demo set's images do not fit a small static input.
     engine = tmp_path / "m.int8.engine"

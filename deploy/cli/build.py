@@ -107,13 +107,9 @@ def _output_paths(args: argparse.Namespace, precision: str) -> tuple[Path, Path]
 
 
 def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Make the FP16 / INT8 ONNX with retinanet_trt.calib (imported here: it may not be installed)."""
-    try:
-        from retinanet_trt.calib.convert import convert_precision
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("retinanet_trt"):
-            raise UsageError(f"--{precision} needs retinanet_trt.calib.convert, which this installation lacks") from None
-        raise UsageError(f"--{precision} needs the Python package {exc.name!r}; install it and retry") from None
+    """Make the FP16 / INT8 ONNX with retinanet_trt.calib (imported here: only --fp16/--int8 need it)."""
+    from retinanet_trt.calib.convert import convert_precision
+
     return convert_precision(
         src,
         precision,

@@ -74,25 +74,22 @@ def _main(argv: list[str] | None) -> int:
     report["steps_s"]["evaluate"] = time.perf_counter() - t0
 
     if not args.skip_precision:
-        try:
-            from retinanet_trt.calib.convert import convert_precision
-        except ImportError:
-            print("\n(calib/ is not available in this build: FP16/INT8 step skipped)")
-        else:
-            t0 = _step("FP16 and INT8 ONNX (calibrated on generated images) and their accuracy")
-            report["precision"] = {}
-            for precision in ("fp16", "int8"):
-                out = args.out / f"demo.{precision}.onnx"
-                result = convert_precision(onnx_path, precision, out, calib="demo", calib_images=32, seed=0,
-                                           cache=args.out / f"demo.{precision}.calib.json", method="max")
-                report["precision"][precision] = {k: result.get(k) for k in ("map", "sqnr_db", "lint")}
-            rows = []
-            for precision, r in report["precision"].items():
-                mean_ap = r.get("map") or {}
-                rows.append([precision, mean_ap.get("fp32", "-"), mean_ap.get(precision, "-"),
-                             min(r["sqnr_db"].values()) if r.get("sqnr_db") else "-", (r.get("lint") or {}).get("passed")])
-            print(format_table(["precision", "mAP fp32 (x100)", "mAP (x100)", "min SQNR dB", "lint passed"], rows))
-            report["steps_s"]["precision"] = time.perf_counter() - t0
+        from retinanet_trt.calib.convert import convert_precision
+
+        t0 = _step("FP16 and INT8 ONNX (calibrated on generated images) and their accuracy")
+        report["precision"] = {}
+        for precision in ("fp16", "int8"):
+            out = args.out / f"demo.{precision}.onnx"
+            result = convert_precision(onnx_path, precision, out, calib="demo", calib_images=32, seed=0,
+                                       cache=args.out / f"demo.{precision}.calib.json", method="max")
+            report["precision"][precision] = {k: result.get(k) for k in ("map", "sqnr_db", "lint")}
+        rows = []
+        for precision, r in report["precision"].items():
+            mean_ap = r.get("map") or {}
+            rows.append([precision, mean_ap.get("fp32", "-"), mean_ap.get(precision, "-"),
+                         min(r["sqnr_db"].values()) if r.get("sqnr_db") else "-", (r.get("lint") or {}).get("passed")])
+        print(format_table(["precision", "mAP fp32 (x100)", "mAP (x100)", "min SQNR dB", "lint passed"], rows))
+        report["steps_s"]["precision"] = time.perf_counter() - t0
 
     write_json_atomic(args.out / "report.json", report)
     print(f"\nreport: {args.out / 'report.json'}")
