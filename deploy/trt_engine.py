@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -302,6 +302,65 @@ def _make_profiler(times: LayerTimes) -> trt.IProfiler:
     return _Profiler()
 
 
+# Callbacks of a data-dependent output, supplied by the backend (which owns the buffers):
+# reallocate(name, nbytes, alignment) -> device address of at least nbytes; notify(name, shape).
+Reallocate = Callable[[str, int, int], int]
+NotifyShape = Callable[[str, Shape], None]
+
+
+class _OutputAllocatorCallbacks:
+    """What TensorRT's output allocator calls, as plain Python (no TensorRT object is touched here).
+
+    TensorRT's Python trampoline (PyOutputAllocator) looks these methods up by name on the
+    allocator object: `reallocate_output_async` first (TensorRT 10+ passes the stream), falling
+    back to `reallocate_output` when a subclass lacks it (older bindings call only that), and
+    `notify_shape` once the output's shape is known. Both reallocation names are defined, so
+    every binding finds the one it calls. They live in this mixin rather than in the
+    `trt.IOutputAllocator` subclass because the 10.13 name list lacks both strings (its
+    PyOutputAllocator::reallocateOutput/reallocateOutputAsync symbols and the 10.13 stub's
+    docstring show the callbacks are there), and a hasattr guard cannot detect them: from 10.13
+    on the base class binds only __init__, so hasattr(trt.IOutputAllocator, ...) is False even
+    where TensorRT does call them. tests/test_trt_output_allocator.py checks these names and
+    parameters against that docstring instead.
+
+    An exception must not escape into TensorRT (it would print it and carry on with a null
+    pointer): it is kept in `errors` and reported by LoadedEngine.execute.
+    """
+
+    def __init__(self, reallocate: Reallocate, notify: NotifyShape) -> None:
+        self._reallocate = reallocate
+        self._notify = notify
+        self.errors: list[str] = []
+
+    def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+        try:
+            return int(self._reallocate(str(tensor_name), int(size), max(int(alignment), 1)))
+        except Exception as exc:  # noqa: BLE001 - TensorRT gets 0 (allocation failed), execute() raises
+            self.errors.append(f"{tensor_name}: cannot allocate {size} bytes ({exc})")
+            return 0
+
+    def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int, stream: int) -> int:
+        # Buffers come from cudaMalloc (synchronous) and are freed only after the run: the stream is not needed.
+        return self.reallocate_output(tensor_name, memory, size, alignment)
+
+    def notify_shape(self, tensor_name: str, shape: trt.Dims) -> None:
+        try:
+            self._notify(str(tensor_name), _shape(shape))
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"{tensor_name}: shape notification failed ({exc})")
+
+
+def _make_output_allocator(reallocate: Reallocate, notify: NotifyShape) -> trt.IOutputAllocator:
+    import tensorrt as trt
+
+    class _OutputAllocator(_OutputAllocatorCallbacks, trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)  # pybind11 trampolines need the base initialised explicitly
+            _OutputAllocatorCallbacks.__init__(self, reallocate, notify)
+
+    return _OutputAllocator()
+
+
 class LoadedEngine:
     """A deserialized engine and one execution context, addressed by tensor name."""
 
@@ -335,6 +394,7 @@ class LoadedEngine:
             raise TrtError(f"TensorRT could not create an execution context: {_last_errors(self._errors)}")
         self._context = context
         self._profiler: trt.IProfiler | None = None  # referenced here so Python keeps it alive
+        self._allocators: dict[str, _OutputAllocatorCallbacks] = {}  # likewise, by output name
         self.tensors = _io_tensors(engine)
         self.num_profiles = int(engine.num_optimization_profiles)
 
@@ -362,10 +422,26 @@ class LoadedEngine:
         if not self._context.set_tensor_address(name, address):
             raise TrtError(f"cannot bind tensor {name}: {_last_errors(self._errors)}")
 
+    def set_output_allocator(self, name: str, reallocate: Reallocate, notify: NotifyShape) -> None:
+        """Let TensorRT ask for the memory of output `name` during each run and report its shape.
+
+        For outputs whose shape depends on the data (get_tensor_shape keeps -1 after every input
+        shape is set, e.g. after INMSLayer): `reallocate(name, nbytes, alignment)` returns a
+        device address of at least nbytes, `notify(name, shape)` receives the real shape.
+        """
+        allocator = _make_output_allocator(reallocate, notify)
+        if not self._context.set_output_allocator(name, allocator):
+            raise TrtError(f"cannot set an output allocator for {name}: {_last_errors(self._errors)}")
+        self._allocators[name] = cast(_OutputAllocatorCallbacks, allocator)  # the subclass mixes both in
+
     def execute(self, stream_handle: int) -> None:
         """Queue one inference on the stream (asynchronous; the caller synchronizes)."""
-        if not self._context.execute_async_v3(stream_handle):
-            raise TrtError(f"inference failed: {_last_errors(self._errors)}")
+        for allocator in self._allocators.values():
+            allocator.errors.clear()
+        ok = self._context.execute_async_v3(stream_handle)
+        allocator_errors = [e for a in self._allocators.values() for e in a.errors]
+        if not ok or allocator_errors:
+            raise TrtError(f"inference failed: {'; '.join(allocator_errors) or _last_errors(self._errors)}")
 
     def attach_profiler(self) -> LayerTimes:
         """Report per-layer times from now on (each execution then synchronizes inside TensorRT)."""
@@ -376,6 +452,7 @@ class LoadedEngine:
 
     def close(self) -> None:
         """Release the context, then the engine, then the runtime (TensorRT's required order)."""
+        self._allocators.clear()
         for attr in ("_context", "_engine", "_runtime"):
             if hasattr(self, attr):
                 delattr(self, attr)

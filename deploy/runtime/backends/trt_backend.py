@@ -7,6 +7,11 @@ Per run: copy the batch into pinned memory, then on the stream: H2D, execute_asy
 of a CUDA graph captured for this input shape), D2H of every output; CUDA events around each part
 fill StageTimes. Buffers are sized for the largest shape of every optimization profile, so a shape
 change within the profiles only sets the new input shape (and the profile, when it changes).
+
+Outputs whose shape depends on the data (TensorRT reports -1 even after the input shape is set,
+e.g. behind INMSLayer) get no fixed buffer: TensorRT asks a `_GrowingOutput` for memory during
+execute_async_v3 (through trt_engine's IOutputAllocator) and reports the real shape; after the
+stream is synchronized exactly that shape is copied back. Such engines cannot use CUDA graphs.
 """
 
 from __future__ import annotations
@@ -72,6 +77,77 @@ def check_sidecar(sidecar: dict[str, Any], engine_path: Path, *, trt_version: st
         )
 
 
+class _GrowingOutput:
+    """Device and pinned host memory of one data-dependent output, grown when TensorRT asks for more.
+
+    A replaced device buffer is only retired during the run (TensorRT may still read the old one
+    while it reallocates) and freed by `release_retired` once the stream is synchronized.
+    """
+
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+        self.device: cuda_rt.DeviceBuffer | None = None
+        self.host: cuda_rt.PinnedBuffer | None = None
+        self.shape: tuple[int, ...] | None = None  # as notified for the current run
+        self._retired: list[cuda_rt.DeviceBuffer] = []
+
+    def reallocate(self, name: str, nbytes: int, alignment: int) -> int:
+        """TensorRT's request for `nbytes`: the current buffer when it is big enough, else one at least twice as big."""
+        from retinanet_trt import cuda_rt
+
+        if self.device is None or nbytes > self.device.nbytes:
+            grown = cuda_rt.DeviceBuffer(max(nbytes, 2 * self.device.nbytes if self.device else nbytes))
+            if grown.ptr % alignment:
+                grown.close()
+                raise RuntimeError(f"cudaMalloc returned an address not aligned to {alignment} bytes")
+            if self.device is not None:
+                self._retired.append(self.device)
+            self.device = grown
+        return self.device.ptr
+
+    def notify(self, name: str, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+
+    def nbytes(self) -> int:
+        assert self.shape is not None
+        return int(np.prod(self.shape, dtype=np.int64)) * self.info.dtype.itemsize
+
+    def copy_back(self, stream: cuda_rt.Stream) -> None:
+        """Queue the D2H copy of exactly the notified shape (call after the stream is synchronized)."""
+        from retinanet_trt import cuda_rt
+
+        if self.shape is None or min(self.shape, default=0) < 0:
+            raise UsageError(f"TensorRT did not report the shape of output {self.info.name} after the run")
+        nbytes = self.nbytes()
+        if nbytes == 0:
+            return
+        if self.device is None or nbytes > self.device.nbytes:
+            raise UsageError(f"output {self.info.name} has shape {self.shape} but TensorRT asked for fewer bytes")
+        if self.host is None or nbytes > self.host.nbytes:
+            if self.host is not None:
+                self.host.close()
+            self.host = cuda_rt.PinnedBuffer(self.device.nbytes)
+        cuda_rt.copy_d2h_async(self.host, self.device, nbytes, stream)
+
+    def result(self) -> np.ndarray:
+        assert self.shape is not None
+        if self.nbytes() == 0 or self.host is None:
+            return np.zeros(self.shape, self.info.dtype)
+        return self.host.view(self.info.dtype, self.shape).copy()
+
+    def release_retired(self) -> None:
+        for buf in self._retired:
+            buf.close()
+        self._retired.clear()
+
+    def close(self) -> None:
+        self.release_retired()
+        for buf in (self.device, self.host):
+            if buf is not None:
+                buf.close()
+        self.device = self.host = None
+
+
 def _fits(shape: tuple[int, ...], rng: ShapeRange) -> bool:
     lo, _, hi = rng
     return len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True))
@@ -128,7 +204,11 @@ class TrtBackend:
         self._events = [cuda_rt.Event() for _ in range(4)]
         self._device_buffers: dict[str, cuda_rt.DeviceBuffer] = {}
         self._host_buffers: dict[str, cuda_rt.PinnedBuffer] = {}
+        self._growing: dict[str, _GrowingOutput] = {}  # data-dependent outputs
         self._allocate()
+        if cuda_graph and self._growing:
+            raise UsageError(f"{self.path.name} has data-dependent outputs ({', '.join(self._growing)}); "
+                             f"CUDA graphs need fixed-size outputs, run it without cuda_graph")
         self._graph = cuda_rt.CudaGraph() if cuda_graph else None
         self._profile = -1  # forces set_profile on the first run
         self._shape: tuple[int, ...] | None = None
@@ -144,10 +224,12 @@ class TrtBackend:
         return None
 
     def _allocate(self) -> None:
-        """Buffers for the largest shapes of all profiles, bound once (addresses never change)."""
+        """Buffers for the largest shapes of all profiles, bound once (addresses never change);
+        an output allocator for each output whose shape stays unresolved (-1) for some profile."""
         from retinanet_trt import cuda_rt
 
         need = {t.name: 0 for t in self._engine.tensors}
+        dynamic: set[str] = set()
         for index, (_, _, hi) in enumerate(self.ranges):
             self._engine.set_profile(index, self._stream.handle)
             self._engine.set_input_shape(self._input.name, hi)
@@ -155,9 +237,15 @@ class TrtBackend:
             for out in self._outputs:
                 shape = self._engine.tensor_shape(out.name)
                 if min(shape, default=0) < 0:
-                    raise UsageError(f"output {out.name} has a data-dependent shape; this backend needs fixed-size outputs")
-                need[out.name] = max(need[out.name], int(np.prod(shape)) * out.dtype.itemsize)
+                    dynamic.add(out.name)
+                else:
+                    need[out.name] = max(need[out.name], int(np.prod(shape)) * out.dtype.itemsize)
         self._stream.synchronize()
+        for out in self._outputs:
+            if out.name in dynamic:
+                del need[out.name]
+                growing = self._growing[out.name] = _GrowingOutput(out)
+                self._engine.set_output_allocator(out.name, growing.reallocate, growing.notify)
         for name, nbytes in need.items():
             self._device_buffers[name] = cuda_rt.DeviceBuffer(nbytes)
             self._host_buffers[name] = cuda_rt.PinnedBuffer(nbytes)
@@ -206,6 +294,7 @@ class TrtBackend:
             self._profile, self._shape = profile, None
         if shape != self._shape:
             self._engine.set_input_shape(self._input.name, shape)
+            # -1 stays in the shapes of data-dependent outputs; TensorRT notifies their real shape.
             self._out_shapes = {o.name: self._engine.tensor_shape(o.name) for o in self._outputs}
             self._shape = shape
             if self._graph is not None:
@@ -220,13 +309,25 @@ class TrtBackend:
         start.record(stream)
         cuda_rt.copy_h2d_async(self._device_buffers[self._input.name], host_in, nbytes_in, stream)
         after_h2d.record(stream)
+        for growing in self._growing.values():
+            growing.shape = None
         self._execute(stream)
         after_compute.record(stream)
         for out in self._outputs:
-            nbytes = int(np.prod(self._out_shapes[out.name])) * out.dtype.itemsize
-            cuda_rt.copy_d2h_async(self._host_buffers[out.name], self._device_buffers[out.name], nbytes, stream)
+            if out.name not in self._growing:
+                nbytes = int(np.prod(self._out_shapes[out.name])) * out.dtype.itemsize
+                cuda_rt.copy_d2h_async(self._host_buffers[out.name], self._device_buffers[out.name], nbytes, stream)
+        if self._growing:
+            # The sizes TensorRT reported are final once the run is done: copy back exactly those.
+            stream.synchronize()
+            for name, growing in self._growing.items():
+                if growing.shape is None and min(self._out_shapes[name], default=0) >= 0:
+                    growing.shape = self._out_shapes[name]  # resolved for this profile and not notified
+                growing.copy_back(stream)
         end.record(stream)
         end.synchronize()
+        for growing in self._growing.values():
+            growing.release_retired()
         self.last_times = StageTimes(
             h2d_ms=after_h2d.ms_since(start),
             compute_ms=after_compute.ms_since(after_h2d),
@@ -235,6 +336,11 @@ class TrtBackend:
         )
         results = {}
         for out in self._outputs:
+            if out.name in self._growing:
+                results[out.name] = self._growing[out.name].result()
+                if out.dtype == np.float16:
+                    results[out.name] = results[out.name].astype(np.float32)
+                continue
             view = self._host_buffers[out.name].view(out.dtype, self._out_shapes[out.name])
             # Copy out of the pinned buffer (the next run overwrites it); FP16 heads become FP32 for the post-process.
             results[out.name] = view.astype(np.float32) if out.dtype == np.float16 else view.copy()
@@ -263,6 +369,9 @@ class TrtBackend:
             for buf in buffers.values():
                 buf.close()
             buffers.clear()
+        for growing in self._growing.values():
+            growing.close()
+        self._growing.clear()
         for event in self._events:
             event.close()
         self._stream.close()
