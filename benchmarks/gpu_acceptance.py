@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from retinanet_trt.bench import summarize
 from retinanet_trt.build import sidecar_path
 from retinanet_trt.fileio import write_json_atomic
 from retinanet_trt.trt_engine import available
@@ -51,17 +52,6 @@ MIN_SQNR_SAME_ONNX_DB = {"fp32": 40.0, "fp16": 30.0, "int8": 20.0}
 # What each precision may cost in COCO AP (fractions) against ONNX Runtime FP32; the same bars as
 # the calib issue sets for the ONNX files (FP16 0.5 point, INT8 1.0 point), FP32 only noise.
 MAX_AP_DROP = {"fp32": 0.005, "fp16": 0.005, "int8": 0.010}
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "median": float(np.median(arr)),
-        "p90": float(np.percentile(arr, 90)),
-        "p99": float(np.percentile(arr, 99)),
-        "mean": float(arr.mean()),
-        "n": int(arr.size),
-    }
 
 
 # ---------------------------------------------------------------------------------------- steps
@@ -145,10 +135,10 @@ def latency(engine: Path, *, cuda_graph: bool, warmup: int, iterations: int) -> 
         backend.close()
     return {
         "input_shape": list(x.shape),
-        "compute_ms": percentiles([t.compute_ms for t in rows]),
-        "h2d_ms": percentiles([t.h2d_ms for t in rows]),
-        "d2h_ms": percentiles([t.d2h_ms for t in rows]),
-        "run_ms": percentiles(wall),  # host view of one run: staging, copies, execute, synchronize
+        "compute_ms": summarize([t.compute_ms for t in rows]),
+        "h2d_ms": summarize([t.h2d_ms for t in rows]),
+        "d2h_ms": summarize([t.d2h_ms for t in rows]),
+        "run_ms": summarize(wall),  # host view of one run: staging, copies, execute, synchronize
     }
 
 

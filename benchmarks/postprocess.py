@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from retinanet_trt.bench import summarize
 from retinanet_trt.model.anchors import grid_anchors
 from retinanet_trt.model.box_coder import decode
 from retinanet_trt.presets import get_preset
@@ -112,13 +113,6 @@ def identical(a: list[Detections], b: list[Detections]) -> bool:
     )
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    """median, p90 and min of a list of milliseconds."""
-    ordered = sorted(times)
-    return {"median": statistics.median(ordered), "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-            "min": ordered[0]}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write results here")
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_times.append((t2 - t1) * 1e3)
         vec_cpu.append((c1 - c0) * 1e3)
         loop_cpu.append((c2 - c1) * 1e3)
-    v, lp = summary(vec_times), summary(loop_times)
+    v, lp = summarize(vec_times), summarize(loop_times)
     result = {
         "preset": args.preset, "input_hw": list(hw), "images": 1, "iterations": args.iters,
         "candidates_above_threshold": candidates, "detections": len(vec[0]),

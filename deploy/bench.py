@@ -66,13 +66,15 @@ class BenchOptions:
 
 # ---------------------------------------------------------------------------------------- statistics
 def summarize(samples: Sequence[float]) -> dict[str, float]:
-    """median, p90, p99 and mean of millisecond samples."""
+    """median, p90, p99, mean, min and count of millisecond samples."""
     a = np.asarray(samples, dtype=np.float64)
     return {
         "median": float(np.median(a)),
         "p90": float(np.percentile(a, 90)),
         "p99": float(np.percentile(a, 99)),
         "mean": float(a.mean()),
+        "min": float(a.min()),
+        "n": int(a.size),
     }
 
 
