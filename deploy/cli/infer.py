@@ -11,7 +11,7 @@ from tqdm import tqdm
 from retinanet_trt.cli.common import make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
-from retinanet_trt.fileio import write_json_atomic
+from retinanet_trt.fileio import atomic_path, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
 from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
@@ -54,9 +54,8 @@ def _main(argv: list[str] | None) -> int:
         if not args.no_draw:
             png = args.out / f"{path.stem}.det.png"
             image = draw_detections(loaded[0].pixels, dets, args.min_score)
-            with open(png.with_suffix(".part"), "wb") as fh:
-                image.save(fh, format="PNG")
-            png.with_suffix(".part").replace(png)
+            with atomic_path(png) as tmp:
+                image.save(tmp, format="PNG")
     write_json_atomic(args.out / "detections.json", results)
     for failure in failures:
         print(f"trt-infer: skipped {failure.source}: {failure.error}", file=sys.stderr)
