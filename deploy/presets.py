@@ -36,6 +36,7 @@ def octave_sizes(base: float, scales: int = 3) -> list[float]:
 def retinanet_r50_fpn() -> ModelSpec:
     """detectron2 COCO-Detection/retinanet_R_50_FPN (the spec defaults), 80 COCO classes."""
     spec = ModelSpec(name="retinanet_r50_fpn", source="detectron2")
+    spec.preprocess.resize_impl = "pillow_uint8"  # ResizeShortestEdge: PIL bilinear on the uint8 image
     spec.postprocess.label_map = list(COCO_IDS)
     spec.postprocess.class_names = list(COCO_NAMES)
     return spec
@@ -56,7 +57,8 @@ def _torchvision(name: str, v2: bool) -> ModelSpec:
         ),
         box_coder=BoxCoderSpec(),
         preprocess=PreprocessSpec(
-            channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD, rounding="floor"
+            channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD, rounding="floor",
+            resize_impl="torch_bilinear_float",  # GeneralizedRCNNTransform: normalise, then F.interpolate
         ),
         postprocess=PostprocessSpec(
             max_detections=300, clip="resized", drop_empty=False, label_map=list(range(91)),
@@ -90,7 +92,7 @@ def r50_fpn1024_1class() -> ModelSpec:
         box_coder=BoxCoderSpec(weights=[10.0, 10.0, 5.0, 5.0], scale_clamp=math.log(1000.0 / 16), plus_one=True),
         preprocess=PreprocessSpec(
             channel_order="BGR", scale=1.0, mean=CAFFE_MEAN_BGR, std=[1.0, 1.0, 1.0],
-            min_size=480, max_size=640, rounding="maskrcnn_benchmark",
+            min_size=480, max_size=640, rounding="maskrcnn_benchmark", resize_impl="pillow_uint8",
         ),
         postprocess=PostprocessSpec(
             nms_iou=0.4, nms_rule="ge", nms_plus_one=True, max_detections=100, clip="resized_minus1",
@@ -110,7 +112,7 @@ def tiny() -> ModelSpec:
         anchors=AnchorSpec(sizes=[octave_sizes(s) for s in (16, 32, 64, 128, 256)]),
         preprocess=PreprocessSpec(
             channel_order="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            min_size=256, max_size=320, rounding="round_half_up",
+            min_size=256, max_size=320, rounding="round_half_up", resize_impl="pillow_uint8",
         ),
         postprocess=PostprocessSpec(class_names=list(DEMO_CLASSES), label_map=list(range(1, len(DEMO_CLASSES) + 1))),
     )

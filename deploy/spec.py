@@ -17,6 +17,7 @@ from typing import Any
 from retinanet_trt.errors import UsageError
 
 SPEC_VERSION = 1
+RESIZE_IMPLS = ("pillow_uint8", "torch_bilinear_float", "skimage_float", "cv2_float")
 
 
 @dataclass
@@ -99,6 +100,18 @@ class PreprocessSpec:
     round(im_scale * long) > max_size, sides rounded as cv2), "maskrcnn_benchmark" (short side
     int(round(...)) when capped, long side truncated); see runtime.preprocess.resized_hw. scale:
     pixel values are multiplied by this before mean/std (1/255 for 0-1 inputs, 1.0 for 0-255).
+
+    resize_impl: whose arithmetic resizes, and with it whether normalisation comes first
+    (runtime/resize.py reproduces each exactly):
+      pillow_uint8          Pillow on the 8-bit image, then normalise (detectron2, maskrcnn-benchmark,
+                            tiny; the default, and what artifacts written before the field meant)
+      torch_bilinear_float  normalise in float32, then PyTorch's CPU bilinear interpolate
+                            (align_corners=False, no antialias): torchvision's GeneralizedRCNNTransform
+      skimage_float         /255 in float32, normalise in float64, then skimage.transform.resize with
+                            its defaults (order 1, reflect, Gaussian anti-aliasing when shrinking): yhenon
+      cv2_float             normalise in float32, then cv2.resize INTER_LINEAR with fx = fy = the
+                            resize factor: Detectron's blob.prep_im_for_blob
+    The float impls resize bilinearly only (interpolation "bilinear").
     """
 
     channel_order: str = "BGR"
@@ -113,6 +126,7 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
     size_divisibility: int = 32
     pad_extra_when_divisible: bool = False  # yhenon pads +32 even when already divisible
+    resize_impl: str = "pillow_uint8"
 
 
 @dataclass
@@ -257,6 +271,17 @@ class ModelSpec:
             problems.append(
                 f"preprocess.rounding={pre.rounding!r} (floor, round_half_up, round, detectron or maskrcnn_benchmark)"
             )
+        if pre.resize_impl not in RESIZE_IMPLS:
+            problems.append(f"preprocess.resize_impl={pre.resize_impl!r} (use {', '.join(RESIZE_IMPLS)})")
+        elif pre.resize_impl != "pillow_uint8" and pre.interpolation != "bilinear":
+            problems.append(f"preprocess.resize_impl={pre.resize_impl!r} resizes bilinearly only, "
+                            f"not interpolation={pre.interpolation!r}")
+        elif pre.resize_impl == "cv2_float" and pre.resize == "shortest_edge" and pre.rounding not in (
+            "round", "detectron"
+        ):
+            # cv2.resize(fx=fy=scale) makes each side round(side * scale); other rules disagree with it.
+            problems.append(f"preprocess.resize_impl='cv2_float' sizes sides as round(side * scale): "
+                            f"rounding={pre.rounding!r} needs 'detectron' or 'round'")
         if p.rescale == "uniform" and pre.resize == "shortest_edge" and pre.rounding in (
             "round_half_up", "maskrcnn_benchmark"
         ):

@@ -80,6 +80,7 @@ class DetectronImporter(Importer):
             preprocess=PreprocessSpec(
                 channel_order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0, 1.0, 1.0],
                 min_size=800, max_size=1333, rounding="detectron", size_divisibility=128,
+                resize_impl="cv2_float",  # prep_im_for_blob: subtract the means, then cv2.resize(fx=fy=im_scale)
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05, 0.05, 0.05, 0.05, 0.0], topk_per_level=1000, nms_iou=0.5, nms_rule="ge",

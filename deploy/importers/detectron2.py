@@ -76,6 +76,7 @@ class Detectron2Importer(Importer):
     def base_spec(self, arch: Architecture) -> ModelSpec:
         spec = apply_architecture(retinanet_r50_fpn(), arch)
         spec.name = "detectron2_retinanet"
+        spec.preprocess.resize_impl = "pillow_uint8"  # ResizeShortestEdge: PIL on uint8, then normalise
         set_coco_labels(spec, first_label=0)
         return spec
 

@@ -69,6 +69,7 @@ class MaskrcnnBenchmarkImporter(Importer):
             preprocess=PreprocessSpec(
                 channel_order="BGR", scale=1.0, mean=list(CAFFE_MEAN_BGR), std=[1.0, 1.0, 1.0],
                 min_size=800, max_size=1333, rounding="maskrcnn_benchmark",
+                resize_impl="pillow_uint8",  # T.Resize on the PIL image, then ToTensor and Normalize
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05] * 5, topk_per_level=1000, nms_iou=0.4, nms_rule="ge", nms_plus_one=True,

@@ -65,6 +65,7 @@ class TorchvisionImporter(Importer):
     def base_spec(self, arch: Architecture) -> ModelSpec:
         # The GroupNorm head is what tells v2 from v1.
         spec = apply_architecture(torchvision_v2() if arch.head_norm == "gn" else torchvision_v1(), arch)
+        spec.preprocess.resize_impl = "torch_bilinear_float"  # GeneralizedRCNNTransform: normalise, interpolate
         if arch.num_classes != 91 or arch.bn_step_counters:
             # torchvision forces FrozenBN eps to 0 only when it loads its own COCO_V1 weights; a
             # model fine-tuned to other classes (or trained with nn.BatchNorm2d) keeps eps 1e-5.

@@ -65,6 +65,7 @@ class YhenonImporter(Importer):
             preprocess=PreprocessSpec(
                 channel_order="RGB", scale=1 / 255, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                 min_size=608, max_size=1024, rounding="round", size_divisibility=32, pad_extra_when_divisible=True,
+                resize_impl="skimage_float",  # Normalizer, then Resizer's skimage.transform.resize
             ),
             postprocess=PostprocessSpec(
                 score_thresh=[0.05] * 5, topk_per_level=None, nms_iou=0.5, nms_rule="gt", nms_plus_one=False,

@@ -1,11 +1,13 @@
 """Pre-process driven by spec.preprocess: images -> resized, normalised, zero-padded (N, 3, H, W) batch.
 
-Order of operations (the one every supported framework's numbers reduce to): decode to 8-bit RGB,
-resize with Pillow on uint8 (detectron2, maskrcnn-benchmark), reorder channels, multiply by
-`scale`, subtract mean and divide by std, then pad with zeros bottom/right, so padding is 0 *after*
-normalisation as in torchvision's and detectron2's batching. Output sizes follow each framework's
-own rounding exactly (facts/checkpoint-formats.md 1g, 2f, 3f, 4f, 5f); pixel values may differ slightly
-where a framework resizes floats with another library.
+Each image is decoded to 8-bit RGB, then resized and normalised in the order and arithmetic of its
+framework (spec.preprocess.resize_impl, kernels in runtime/resize.py): Pillow on the uint8 image
+before normalising (detectron2, maskrcnn-benchmark), or normalise first and resize the float image
+with PyTorch's bilinear kernel (torchvision), scikit-image (yhenon) or OpenCV (Detectron).
+Normalising reorders channels, divides by 1/`scale` (the frameworks' `/ 255`), subtracts mean and
+divides by std. Padding is zeros bottom/right *after* normalisation, as in every framework's
+batching. Output sizes follow each framework's own rounding (facts/checkpoint-formats.md 1g, 2f,
+3f, 4f, 5f), so the network input matches the framework's own to float rounding or better.
 """
 
 from __future__ import annotations
@@ -14,18 +16,12 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.runtime import resize
 from retinanet_trt.runtime.images import ImageInput, LoadedImage, LoadFailure, load_image, load_images
 from retinanet_trt.runtime.types import Batch, ImageMeta
-from retinanet_trt.spec import ModelSpec, PreprocessSpec
-
-_RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "bicubic": Image.Resampling.BICUBIC,
-}
+from retinanet_trt.spec import RESIZE_IMPLS, ModelSpec, PreprocessSpec
 
 
 def resize_scale(original_hw: tuple[int, int], pre: PreprocessSpec) -> float:
@@ -129,30 +125,50 @@ def network_input_hw(original_hw: tuple[int, int], spec: ModelSpec) -> tuple[int
     return padded_side(rh, spec.preprocess), padded_side(rw, spec.preprocess)
 
 
-def normalize(pixels: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in the spec's channel order, scaled and normalised."""
-    x = pixels.astype(np.float32)
+def _normalized(pixels: np.ndarray, pre: PreprocessSpec, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) in the spec's channel order, scaled and normalised.
+
+    Scaling divides by 1/scale in float32 (255 -> 255.0 exactly) because torchvision's
+    convert_image_dtype and yhenon's loader divide by 255 and a product with 1/255 rounds
+    differently; mean/std then apply in `dtype` (float64 for yhenon's NumPy Normalizer).
+    """
     if pre.channel_order == "BGR":
-        x = x[:, :, ::-1]
+        pixels = pixels[:, :, ::-1]
     elif pre.channel_order != "RGB":
         raise UsageError(f"preprocess.channel_order={pre.channel_order!r} (use 'RGB' or 'BGR')")
+    x = pixels.astype(np.float32)  # a fresh array: the steps below work in place
+    x /= np.float32(1.0 / pre.scale)
+    x = x.astype(dtype, copy=False)
     # mean/std are given in the network's channel order and in the scaled units.
-    mean = np.asarray(pre.mean, dtype=np.float32)
-    std = np.asarray(pre.std, dtype=np.float32)
-    x = (x * np.float32(pre.scale) - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    x -= np.asarray(pre.mean, dtype=dtype)
+    x /= np.asarray(pre.std, dtype=dtype)
+    return x
 
 
-def resize_pixels(pixels: np.ndarray, hw: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) uint8 with Pillow (antialiased when shrinking, as PIL always is)."""
-    if pixels.shape[:2] == tuple(hw):
-        return pixels
-    try:
-        resample = _RESAMPLE[interpolation]
-    except KeyError:
-        raise UsageError(f"preprocess.interpolation={interpolation!r} (use {', '.join(_RESAMPLE)})") from None
-    h, w = hw
-    return np.asarray(Image.fromarray(pixels).resize((w, h), resample))
+def normalize(pixels: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in the spec's channel order, scaled and normalised."""
+    return np.ascontiguousarray(_normalized(pixels, pre).transpose(2, 0, 1))
+
+
+def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, h, w) float32: resized to `hw` and normalised as pre.resize_impl says.
+
+    The one place an image becomes network input: preprocess(), and so the detector, eval,
+    calibration sets and benchmarks, go through here.
+    """
+    impl = pre.resize_impl
+    if impl == "pillow_uint8":  # resize the 8-bit image, then normalise
+        x = _normalized(resize.pillow_uint8(pixels, hw, pre.interpolation), pre)
+    elif impl == "torch_bilinear_float":  # normalise, then F.interpolate
+        x = resize.torch_bilinear(_normalized(pixels, pre), hw)
+    elif impl == "skimage_float":  # float64 Normalizer, then skimage resize
+        x = resize.skimage_float(_normalized(pixels, pre, np.float64), hw)
+    elif impl == "cv2_float":  # subtract the means, then cv2.resize(fx=fy=scale)
+        scale = resize_scale(pixels.shape[:2], pre) if pre.resize == "shortest_edge" else None
+        x = resize.cv2_float(_normalized(pixels, pre), hw, scale)
+    else:
+        raise UsageError(f"preprocess.resize_impl={impl!r} (use {', '.join(RESIZE_IMPLS)})")
+    return x.transpose(2, 0, 1)
 
 
 def preprocess(
@@ -183,7 +199,7 @@ def preprocess(
     batch = np.zeros((len(loaded), 3, *target), dtype=np.float32)
     metas: list[ImageMeta] = []
     for i, (im, (h, w)) in enumerate(zip(loaded, sizes, strict=True)):
-        batch[i, :, :h, :w] = normalize(resize_pixels(im.pixels, (h, w), pre.interpolation), pre)
+        batch[i, :, :h, :w] = network_image(im.pixels, (h, w), pre)
         metas.append(ImageMeta(original_hw=im.hw, resized_hw=(h, w), input_hw=target, source=im.source))
     return Batch(images=batch, metas=metas)
 
