@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from retinanet_trt.cli.common import make_parser, run_main
-from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.plugins.end2end import ANCHOR_MODES, NMS_KINDS, end2end_file
 
 EXAMPLES = """\
@@ -31,9 +31,7 @@ def _main(argv: list[str] | None) -> int:
                    help="constant table (fixed input size), computed in-graph (any size), or auto")
     p.add_argument("--report", type=Path, help="write the report (conventions, check) as JSON here")
     args = p.parse_args(argv)
-    check_writable(args.output)
-    if args.report:
-        check_writable(args.report)
+    check_outputs({"-o": args.output, "--report": args.report}, {"MODEL": args.model})
     report = end2end_file(args.model, args.output, nms=args.nms, anchors=args.anchors)
     if args.report:
         write_json_atomic(args.report, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,9 +103,10 @@ def test_trt_infer_writes_coco_results_and_pngs_and_skips_bad_files(tiny_onnx, i
     err = capsys.readouterr().err
     assert "broken.png" in err
     results = json.loads((out / "detections.json").read_text())
-    assert sorted(p.name for p in out.glob("*.png")) == ["img0.det.png", "img1.det.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png.det.png", "img1.png.det.png"]
     for r in results:
-        assert set(r) == {"image_id", "category_id", "bbox", "score", "file_name"}
+        assert set(r) == {"image_id", "category_id", "bbox", "score", "file_name", "annotated"}
+        assert r["annotated"] == Path(r["file_name"]).name + ".det.png"
         assert r["bbox"][2] >= 0 and r["bbox"][3] >= 0 and 0 <= r["score"] <= 1
 
 

@@ -6,7 +6,7 @@ import sys
 
 from retinanet_trt.cli.common import make_parser, run_main
 from retinanet_trt.errors import UsageError
-from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, default_backend
 
 EXAMPLES = """\
@@ -49,9 +49,9 @@ def _main(argv: list[str] | None) -> int:
         backends = [args.backend or default_backend(args.model)]
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: give 0 (library default) or a positive count")
-    for out in (args.json, args.plot):
-        if out:
-            check_writable(out)
+    check_outputs({"--json": args.json, "--plot": args.plot},
+                  {"MODEL": args.model, "--torch-checkpoint": args.torch_checkpoint,
+                   **{f"--images {i}": path for i, path in enumerate(args.images or [])}})
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot {args.plot}: the chart is a PNG; give a .png file name")
     if 1 <= args.iterations < PROTOCOL_MIN_ITERATIONS:

@@ -12,7 +12,7 @@ from retinanet_trt.build import build_engine, check_options, detect_precision, l
 from retinanet_trt.cli.common import EXIT_USAGE, make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_spec
-from retinanet_trt.fileio import check_writable
+from retinanet_trt.fileio import check_outputs
 from retinanet_trt.trt_engine import ShapeRange, TrtError, TrtUnavailable, available
 
 EXAMPLES = """\
@@ -122,6 +122,19 @@ def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> d
     )
 
 
+def accuracy_line(report: dict[str, Any]) -> str:
+    """One line for the FP16 / INT8 file: worst held-out SQNR, mAP when scored, the arithmetic,
+    and whether the scores came from the report cache."""
+    worst = min(report["sqnr_db"], key=lambda k: report["sqnr_db"][k])
+    text = f"wrote {report['output']} ({report['precision']}): worst held-out SQNR {report['sqnr_db'][worst]:.1f} dB ({worst})"
+    if "map" in report:
+        text += f", mAP {report['map'][report['precision']]:.2f} vs fp32 {report['map']['fp32']:.2f}"
+    text += f"; arithmetic: {report['arithmetic']}"
+    if report.get("cache", {}).get("report_reused"):
+        text += f"; scores reused from {report['cache']['report_path']}"
+    return text
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
@@ -150,12 +163,14 @@ def _main(argv: list[str] | None) -> int:
     needs_conversion = precision != "fp32" and found != precision
     if args.onnx_only and not needs_conversion:
         raise UsageError(f"{args.model} is already {found}; --onnx-only has nothing to write")
-    if needs_conversion:
-        check_writable(precision_onnx)
-    if not args.onnx_only:
-        check_writable(engine_path)
-    if args.timing_cache is not None:
-        check_writable(args.timing_cache)
+    check_outputs(
+        {f"the {precision} ONNX": precision_onnx if needs_conversion else None,
+         "-o": None if args.onnx_only else engine_path,
+         "the engine sidecar": None if args.onnx_only else Path(f"{engine_path}.json"),
+         "--timing-cache": args.timing_cache, "--calib-cache": args.calib_cache},
+        {"MODEL": args.model, "--calib": args.calib if args.calib and Path(args.calib).is_file() else None,
+         **{f"--plugin-lib {i}": lib for i, lib in enumerate(args.plugin_lib)}},
+    )
 
     if not args.onnx_only:
         ok, why = available()
@@ -167,7 +182,7 @@ def _main(argv: list[str] | None) -> int:
     onnx_for_build, calib_cache = args.model, None
     if needs_conversion:
         report = convert(args.model, precision, precision_onnx, args)
-        print(f"wrote {precision_onnx} ({precision})")
+        print(accuracy_line(report))
         onnx_for_build = precision_onnx
         cache_file = Path(report.get("cache", {}).get("path") or args.calib_cache or "")
         calib_cache = cache_file if cache_file.is_file() else None

@@ -1,15 +1,21 @@
-"""What every command shares: one-line errors with exit status 2, and small table printing."""
+"""What every command shares: one-line errors (exit 2 for usage, 1 for the environment, 130/143 when
+interrupted or terminated), and small table printing."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from retinanet_trt.errors import UsageError
+from retinanet_trt.errors import EnvironmentFault, Terminated, UsageError
 
 EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 1
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,18 +31,48 @@ def make_parser(prog: str, description: str, examples: str) -> argparse.Argument
     )
 
 
-def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[str] | None) -> int:
-    """Run a command body; a UsageError becomes one line on stderr and exit status 2."""
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds the stack as Ctrl-C does, so every `finally` that
+    removes a temporary file runs (signal handlers can only be set from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return body(list(argv) if argv is not None else None)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a command body: a UsageError becomes one line on stderr and exit status 2, a fault of
+    the machine (disk full, unreadable file) one line and exit 1, SIGTERM one line and exit 143."""
+    try:
+        with _sigterm_unwinds():
+            return body(list(argv) if argv is not None else None)
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except EnvironmentFault as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as exc:  # the environment: name the file and the reason, without a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

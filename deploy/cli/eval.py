@@ -9,7 +9,7 @@ from pathlib import Path
 from retinanet_trt.cli.common import format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import STAT_NAMES, evaluate
-from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 
 EXAMPLES = """\
@@ -42,8 +42,7 @@ def print_stats(stats: dict, title: str) -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.json:
-        check_writable(args.json)
+    check_outputs({"--json": args.json}, {"MODEL": args.model, "--annotations": args.annotations})
     if args.demo == bool(args.images or args.annotations):
         raise UsageError("give either --demo or both --images DIR and --annotations JSON")
     if not args.demo and not (args.images and args.annotations):

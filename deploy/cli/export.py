@@ -8,10 +8,16 @@ from pathlib import Path
 from retinanet_trt.cli.common import format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.pipeline import DEFAULT_OPSET, ExportOptions, ParityError, export_onnx
-from retinanet_trt.fileio import check_writable, write_json_atomic
+from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.model.retinanet import RetinaNet, build_model
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.spec import ModelSpec
+
+# Opset 13 brings the Resize/Pad forms the graph uses; 21 is the newest the exporter and ONNX
+# Runtime here accept for this graph. Larger sides are typos that would exhaust memory first.
+MIN_OPSET, MAX_OPSET = 13, 21
+MAX_INPUT_SIDE = 8192
+MAX_BATCH = 256
 
 EXAMPLES = """\
   trt-export --demo -o demo.onnx
@@ -105,13 +111,24 @@ def print_report(report: dict, quiet: bool) -> None:
           f"tolerance {report['parity_tolerance']:.0e}")
 
 
+def check_export_args(args) -> None:  # type: ignore[no-untyped-def]
+    """Refuse numbers the exporter cannot honour, before any model is built."""
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise UsageError(f"--opset {args.opset}: supported opsets are {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    if args.input_size and not all(32 <= side <= MAX_INPUT_SIDE for side in args.input_size):
+        h, w = args.input_size
+        raise UsageError(f"--input-size {h} {w}: each side must be between 32 and {MAX_INPUT_SIDE} pixels")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise UsageError(f"--batch {args.batch}: must be between 1 and {MAX_BATCH}")
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.nms and not args.end2end:
         raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
-    check_writable(args.output)
-    if args.report:
-        check_writable(args.report)
+    check_export_args(args)
+    check_outputs({"-o": args.output, "--report": args.report},
+                  {"CHECKPOINT": args.checkpoint, "--spec": args.spec})
     spec, model, info = load_model(args)
     input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
     opts = ExportOptions(input_hw=input_hw, batch=args.batch, dynamic=args.dynamic, opset=args.opset,  # type: ignore[arg-type]

@@ -1,8 +1,18 @@
-"""trt-infer: detections for images or folders, as COCO-results JSON and annotated PNGs."""
+"""trt-infer: detections for images or folders, as COCO-results JSON and annotated PNGs.
+
+Outputs are staged in a hidden folder beside --out and moved into place only when the whole run
+has succeeded, so a full disk, Ctrl-C or SIGTERM leaves neither PNGs without their
+detections.json nor a detections.json of `[]`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +21,7 @@ from tqdm import tqdm
 from retinanet_trt.cli.common import make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
-from retinanet_trt.fileio import atomic_path, write_json_atomic
+from retinanet_trt.fileio import check_folder_writable, write_fault
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
 from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
@@ -21,48 +31,113 @@ EXAMPLES = """\
   trt-infer model.onnx street.jpg --backend ort-cpu --out out/
   trt-infer model.engine images/ --backend trt --out out/ --no-draw
 """
+RESULTS = "detections.json"
+ANNOTATED_SUFFIX = ".det.png"
 
 
 def build_parser():  # type: ignore[no-untyped-def]
     p = make_parser("trt-infer", "Detect objects in images; write detections.json (COCO results, original-image "
-                    "pixels, with file_name) and annotated PNGs into --out.", EXAMPLES)
+                    "pixels, with file_name and the annotated PNG) and annotated PNGs into --out.", EXAMPLES)
     p.add_argument("model", help="an .onnx file, a TensorRT .engine, a checkpoint, or 'demo' (bundled model)")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
     p.add_argument("--out", type=Path, default=Path("out/infer"), help="output folder (default out/infer)")
-    p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs (JSON keeps all)")
+    p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs, 0..1 (JSON keeps all)")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
     return p
 
 
+def check_out_folder(out: Path) -> Path:
+    """The existing folder the run's outputs are staged in: --out itself, or its nearest existing
+    ancestor when --out is still to be created. UsageError when --out cannot become a folder."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder (it is created if missing)")
+    folder = out
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+    check_folder_writable(folder, f"--out {out}")
+    return folder
+
+
+def annotated_names(paths: list[Path]) -> dict[Path, str]:
+    """Each image's annotated PNG, relative to --out: its path relative to the inputs' common
+    folder, extension kept, plus .det.png, so a/x.png, b/x.png and x.jpg never share a file."""
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([r.parent for r in resolved]))
+    return {p: f"{r.relative_to(common).as_posix()}{ANNOTATED_SUFFIX}" for p, r in zip(paths, resolved, strict=True)}
+
+
+@contextlib.contextmanager
+def staged_outputs(out: Path) -> Iterator[Path]:
+    """A hidden staging folder whose files replace their namesakes in --out when the block succeeds."""
+    anchor = check_out_folder(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".trt-infer.{os.getpid()}.", dir=anchor))
+    try:
+        yield staging
+        out.mkdir(parents=True, exist_ok=True)
+        # detections.json last: a reader that sees it also sees every PNG it names.
+        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == RESULTS)
+        for src in files:
+            dst = out / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    except OSError as exc:
+        fault = write_fault(out, exc)
+        if fault is None:
+            raise
+        raise fault from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _skip_line(failure: LoadFailure) -> str:
+    # Loader messages already start with the file name; do not print it twice.
+    why = failure.error if failure.error.startswith(failure.source) else f"{failure.source}: {failure.error}"
+    return f"trt-infer: skipped {why}"
+
+
 def _main(argv: list[str] | None) -> int:
+    import json
+
     args = build_parser().parse_args(argv)
-    paths = find_images(args.inputs)
+    if not 0.0 <= args.min_score <= 1.0:
+        raise UsageError(f"--min-score {args.min_score}: scores are between 0 and 1")
+    check_out_folder(args.out)
+    paths = list(dict.fromkeys(find_images(args.inputs)))  # the same file named twice is one image
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
-    args.out.mkdir(parents=True, exist_ok=True)
+    names = annotated_names(paths)
     detector = Detector.load(args.model, args.backend)
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
-    for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2), start=1):
-        loaded, failed = load_images([path])
-        if failed:
-            failures.extend(failed)
-            continue
-        dets = detector(loaded)[0]
-        results.extend(detections_to_coco(dets, image_id, file_name=str(path)))
-        if not args.no_draw:
-            png = args.out / f"{path.stem}.det.png"
-            image = draw_detections(loaded[0].pixels, dets, args.min_score)
-            with atomic_path(png) as tmp:
-                image.save(tmp, format="PNG")
-    write_json_atomic(args.out / "detections.json", results)
-    for failure in failures:
-        print(f"trt-infer: skipped {failure.source}: {failure.error}", file=sys.stderr)
-    done = len(paths) - len(failures)
-    print(f"{done} image(s), {len(results)} detection(s) -> {args.out / 'detections.json'}"
-          + (f"; {len(failures)} unreadable image(s) skipped" if failures else ""))
-    return 0 if done else 2
+    with staged_outputs(args.out) as staging:
+        for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2), start=1):
+            loaded, failed = load_images([path])
+            try:
+                dets = detector(loaded)[0] if loaded else None
+            except UsageError as exc:  # e.g. 20000x1 pixels: no size the spec's resize can make of it
+                failed = [LoadFailure(str(path), f"{path}: {exc}")]
+            if failed or dets is None:
+                failures.extend(failed)
+                continue
+            annotated = None if args.no_draw else names[path]
+            results.extend({**r, "annotated": annotated}
+                           for r in detections_to_coco(dets, image_id, file_name=str(path)))
+            if annotated:
+                png = staging / annotated
+                png.parent.mkdir(parents=True, exist_ok=True)
+                draw_detections(loaded[0].pixels, dets, args.min_score).save(png, format="PNG")
+        for failure in failures:
+            print(_skip_line(failure), file=sys.stderr)
+        done = len(paths) - len(failures)
+        if not done:
+            raise UsageError(f"none of the {len(paths)} image(s) could be processed (see the lines above); nothing written")
+        (staging / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{done} image(s), {len(results)} detection(s) -> {args.out / RESULTS}"
+          + (f"; {len(failures)} image(s) skipped" if failures else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.cli.common import format_table, make_parser, run_main
-from retinanet_trt.fileio import check_writable, write_bytes_atomic, write_json_atomic
+from retinanet_trt.fileio import check_outputs, write_bytes_atomic, write_json_atomic
 from retinanet_trt.importers import SOURCES, ImportResult, count_parameters, import_checkpoint
 from retinanet_trt.importers.common import spec_summary
 from retinanet_trt.spec import ModelSpec
@@ -82,9 +82,7 @@ def describe_spec(spec: ModelSpec) -> list[str]:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    for out in (args.json, args.spec_json):
-        if out is not None:
-            check_writable(out)
+    check_outputs({"--json": args.json, "--spec-json": args.spec_json}, {"CHECKPOINT": args.checkpoint})
     result = import_checkpoint(args.checkpoint, source=args.source)
     report = inspect_report(args.checkpoint, result)
     params = report["parameters"]
