@@ -118,7 +118,7 @@ def _main(argv: list[str] | None) -> int:
             try:
                 dets = detector(loaded)[0] if loaded else None
             except UsageError as exc:  # e.g. 20000x1 pixels: no size the spec's resize can make of it
-                failed = [LoadFailure(str(path), f"{path}: {exc}")]
+                failed = [LoadFailure(str(path), str(exc))]
             if failed or dets is None:
                 failures.extend(failed)
                 continue

@@ -19,7 +19,14 @@ import numpy as np
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime import resize
-from retinanet_trt.runtime.images import ImageInput, LoadedImage, LoadFailure, load_image, load_images
+from retinanet_trt.runtime.images import (
+    ImageInput,
+    ImageLoadError,
+    LoadedImage,
+    LoadFailure,
+    load_image,
+    load_images,
+)
 from retinanet_trt.runtime.types import Batch, ImageMeta
 from retinanet_trt.spec import RESIZE_IMPLS, ModelSpec, PreprocessSpec
 
@@ -186,6 +193,9 @@ def preprocess(
     pre = spec.preprocess
     loaded = [load_image(im) for im in images]
     sizes = [resized_hw(im.hw, pre) for im in loaded]
+    for im, hw in zip(loaded, sizes, strict=True):
+        if min(hw) < 1:
+            raise ImageLoadError(_unfit_message(im, hw))
     if input_hw is None:
         target = (padded_side(max(h for h, _ in sizes), pre), padded_side(max(w for _, w in sizes), pre))
     else:
@@ -204,6 +214,18 @@ def preprocess(
     return Batch(images=batch, metas=metas)
 
 
+def _unfit_message(image: LoadedImage, resized: tuple[int, int]) -> str:
+    h, w = image.hw
+    return (f"{image.source}: {h}x{w} pixels, which the spec's resize makes {resized[0]}x{resized[1]}; "
+            "too thin to detect in (crop or pad it)")
+
+
+def unfit_reason(image: LoadedImage, pre: PreprocessSpec) -> str | None:
+    """Why the spec's resize cannot make a network input of this image (e.g. 20000x1), or None."""
+    resized = resized_hw(image.hw, pre)
+    return _unfit_message(image, resized) if min(resized) < 1 else None
+
+
 def iter_batches(
     images: Iterable[ImageInput],
     spec: ModelSpec,
@@ -213,8 +235,8 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Preprocessed batches of up to batch_size images, loading lazily.
 
-    With a `failures` list, an unreadable image is recorded there and the run goes on with the
-    rest; without one, it raises ImageLoadError. Only readable images appear in the batches.
+    With a `failures` list, an unreadable or unfit image is recorded there and the run goes on with
+    the rest; without one, it raises ImageLoadError. Only usable images appear in the batches.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
@@ -224,8 +246,13 @@ def iter_batches(
             pending.append(load_image(item))
         else:
             loaded, failed = load_images([item])
-            pending.extend(loaded)
             failures.extend(failed)
+            for image in loaded:
+                reason = unfit_reason(image, spec.preprocess)
+                if reason:
+                    failures.append(LoadFailure(image.source, reason))
+                else:
+                    pending.append(image)
         if len(pending) == batch_size:
             yield preprocess(pending, spec, input_hw)
             pending = []
