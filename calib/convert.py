@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from retinanet_trt.calib import accuracy, cache, fp16, int8, lint, select, sets
-from retinanet_trt.calib.sensitivity import sensitivity_sweep
+from retinanet_trt.calib import cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
-from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
@@ -122,12 +120,63 @@ def _write(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any], out: P
     return lint.lint_file(out)
 
 
+def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions, method: str,
+                  ranges: dict[str, Any] | None, images: sets.CalibImages | None, source: sets.CalibSource | None,
+                  cache_key: str | None) -> dict[str, Any]:
+    """Write the FP16 / INT8 file and lint it; return the conversion's report keys (exclusions, lint, ...)."""
+    info = {**model.info, "precision": precision}
+    done: dict[str, Any] = {}
+    if precision == "int8":
+        excluded = select.select_nodes(model.proto, ([select.PREDICTORS] if opts.default_exclusions else []) + opts.exclude)
+        config = int8.QuantizeConfig(method=method, exclude=excluded)
+        with tempfile.TemporaryDirectory(prefix="retinanet_trt.int8.") as tmp:
+            converted = int8.quantize(model.path, Path(tmp) / "int8.onnx", ranges or {}, config)
+        info["calibration"] = {"method": method, "images": len(images.sources) if images else 0,
+                               "set": source.name if source else None, "cache_key": cache_key}
+    else:
+        excluded = select.select_nodes(model.proto, opts.exclude) if opts.exclude else []
+        overflow = fp16.overflow_nodes(model.proto, fp16.tensor_peaks(ranges)) if ranges else []
+        excluded += [n for n in overflow if n not in excluded]
+        converted = fp16.convert_fp16(model.proto, excluded)
+        done["fp16_overflow_nodes"] = overflow
+    info["kept_fp32"] = excluded
+    lint_result = _write(converted, model.spec, info, out)
+    done["exclusions"] = excluded
+    done["lint"] = lint_result.to_dict()
+    if not lint_result.passed:
+        raise UsageError(f"{out} breaks TensorRT's Q/DQ rules: {'; '.join(lint_result.problems[:3])}")
+    return done
+
+
+def _report_parts(model: _Model, precision: str, opts: ConvertOptions, method: str, source: sets.CalibSource | None,
+                  images: sets.CalibImages | None) -> dict[str, str]:
+    """The report cache's key parts: every input the converted file and its scores depend on."""
+    from retinanet_trt.calib.detection_map import eval_set_digest
+
+    calib = None
+    if source is not None and images is not None:
+        calib = {"set": source.name, "kind": source.kind, "images": images.digest, "calib_images": opts.calib_images,
+                 "seed": opts.seed, "image_root": str(source.root) if source.root else None}
+    evaluation = {"evaluate_map": opts.evaluate_map, "eval_images": opts.eval_images,
+                  "set": eval_set_digest(source, images, opts.eval_images)
+                  if opts.evaluate_map and source is not None and images is not None else None}
+    return report_cache.report_key_parts(
+        source=report_cache.file_sha256(model.path), precision=precision, calibration=calib,
+        method={"name": method, **int8.method_params(method)},
+        exclusions={"exclude": opts.exclude, "default_exclusions": opts.default_exclusions},
+        evaluation=evaluation, sensitivity=opts.sensitivity and precision == "int8",
+        arithmetic=scoring.ARITHMETIC, versions=report_cache.score_versions(), code=report_cache.code_digest(),
+    )
+
+
 def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[str, Any]:
     """Convert src to `precision` at out, lint it, measure it against src; return the report dict.
 
-    Report keys: precision, source, output, calibration, cache, exclusions, lint, sqnr_db
-    (per output), outputs (all stats per output), levels (per-level rows), held_out, map (when
-    the set has annotations), sensitivity (INT8 with opts.sensitivity), times_s, versions.
+    Report keys: precision, source, output, calibration, cache, exclusions, lint, arithmetic,
+    sqnr_db (per output), outputs (all stats per output), levels (per-level rows), held_out, map
+    and map_detail (when the set has annotations), sensitivity (INT8 with opts.sensitivity),
+    times_s, versions. A rerun with the same inputs and an unchanged output reuses the cached
+    report (cache.report_reused) instead of converting and scoring again.
     """
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -143,77 +192,50 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     model = _open_model(src)
     report: dict[str, Any] = {"precision": precision, "source": str(src), "output": str(out)}
     source = images = ranges = None
+    cache_info: dict[str, Any] = {"path": None, "key": None, "reused": False}
     if opts.calib:
-        source, images, ranges, report["cache"] = _calibration(model, opts, out, method, timings)
+        source, images, ranges, cache_info = _calibration(model, opts, out, method, timings)
         report["calibration"] = {"set": source.name, "kind": source.kind, "method": method, "seed": opts.seed,
                                  "requested": opts.calib_images, **images.summary()}
+    report["cache"] = cache_info
 
-    t0 = time.perf_counter()
-    info = {**model.info, "precision": precision}
-    if precision == "int8":
-        excluded = select.select_nodes(model.proto, ([select.PREDICTORS] if opts.default_exclusions else []) + opts.exclude)
-        config = int8.QuantizeConfig(method=method, exclude=excluded)
-        with tempfile.TemporaryDirectory(prefix="retinanet_trt.int8.") as tmp:
-            converted = int8.quantize(src, Path(tmp) / "int8.onnx", ranges or {}, config)
-        info["calibration"] = {"method": method, "images": len(images.sources) if images else 0,
-                               "set": source.name if source else None, "cache_key": report["cache"]["key"]}
+    # A report cached for the same inputs and these exact output bytes is reused as it is.
+    rpath = report_cache.report_cache_path(opts.cache or cache.default_cache_path(out))
+    parts = _report_parts(model, precision, opts, method, source, images)
+    entry, note = report_cache.load_entry(rpath, parts)
+    cache_info.update(report_path=str(rpath), report_reused=False, output_reused=False)
+    if note:
+        cache_info["report_note"] = note
+    if entry is not None and out.is_file() and report_cache.file_sha256(out) == entry["output_sha256"]:
+        conversion, cache_info["output_reused"] = entry["conversion"], True
+        timings["convert_s"] = 0.0
     else:
-        excluded = select.select_nodes(model.proto, opts.exclude) if opts.exclude else []
-        overflow = fp16.overflow_nodes(model.proto, fp16.tensor_peaks(ranges)) if ranges else []
-        excluded += [n for n in overflow if n not in excluded]
-        converted = fp16.convert_fp16(model.proto, excluded)
-        report["fp16_overflow_nodes"] = overflow
-    info["kept_fp32"] = excluded
-    lint_result = _write(converted, model.spec, info, out)
-    timings["convert_s"] = time.perf_counter() - t0
-    report["exclusions"] = excluded
-    report["lint"] = lint_result.to_dict()
-    if not lint_result.passed:
-        raise UsageError(f"{out} breaks TensorRT's Q/DQ rules: {'; '.join(lint_result.problems[:3])}")
-
-    t0 = time.perf_counter()
-    photos, names, stretched = accuracy.held_out_inputs(model.spec, model.input_hw, model.batch)
-    ref_sess, cand_sess = cpu_session(src), cpu_session(out)
-    ref_runs = accuracy.run_all(ref_sess, photos)
-    cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cand_sess, photos))
-    report["sqnr_db"] = {k: v["sqnr_db"] for k, v in cmp.items()}
-    report["outputs"] = cmp
-    report["levels"] = accuracy.level_rows(cmp)
-    report["held_out"] = {"photos": names, "stretched_to_input": stretched}
-    timings["held_out_s"] = time.perf_counter() - t0
-
-    evaluation = None
-    if source is not None and images is not None and opts.evaluate_map:
         t0 = time.perf_counter()
-        evaluation = _map_report(src, out, precision, source, images, opts, report)
-        timings["map_s"] = time.perf_counter() - t0
-    if precision == "int8" and opts.sensitivity:
-        t0 = time.perf_counter()
-        fp32_ap = report["map"]["fp32"] if "map" in report else None
-        report["sensitivity"] = sensitivity_sweep(
-            model.proto, src, ranges or {}, method, excluded, photos, ref_runs, evaluation, fp32_ap, opts.progress)
-        timings["sensitivity_s"] = time.perf_counter() - t0
+        conversion = _convert_file(model, precision, out, opts, method, ranges, images, source, cache_info["key"])
+        timings["convert_s"] = time.perf_counter() - t0
+    report.update(conversion)
+    out_sha = report_cache.file_sha256(out)
+    if entry is not None and out_sha == entry["output_sha256"]:
+        scores = entry["scores"]
+        cache_info.update(report_reused=True, scored_at=entry.get("scored_at"), scored_times_s=entry.get("times_s"))
+    else:
+        if entry is not None:
+            cache_info["report_note"] = f"{out} differs from the file the cached report scored; re-scored"
+        score_times: dict[str, float] = {}
+        scores = scoring.score(
+            src, out, precision, proto=model.proto, spec=model.spec, input_hw=model.input_hw, batch=model.batch,
+            source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images,
+            sensitivity=opts.sensitivity, ranges=ranges, method=method, excluded=conversion["exclusions"],
+            progress=opts.progress, timings=score_times)
+        timings.update(score_times)
+        written = report_cache.save_entry(rpath, parts, out_sha, conversion, scores, score_times)
+        if written:
+            cache_info["report_note"] = written
+    report.update(scores)
     timings["total_s"] = time.perf_counter() - t_start
     report["times_s"] = timings
     report["versions"] = package_versions()
     return report
-
-
-def _map_report(src: Path, out: Path, precision: str, source: sets.CalibSource, images: sets.CalibImages,
-                opts: ConvertOptions, report: dict[str, Any]) -> Any:
-    """Fill report["map"] (COCO AP x 100) for FP32 and the converted file; return the evaluation set."""
-    from retinanet_trt.calib.detection_map import EvalSet, map_points
-
-    evaluation = EvalSet.for_source(source, images, opts.eval_images)
-    if evaluation is None:
-        return None
-    fp32 = map_points(src, evaluation, opts.progress)
-    converted = map_points(out, evaluation, opts.progress)
-    report["map"] = {"fp32": fp32["AP"], precision: converted["AP"]}
-    report["map_detail"] = {"metric": "COCO AP@[.50:.95] x 100", "images": evaluation.num_images,
-                            "set": evaluation.describe, "fp32": fp32, precision: converted,
-                            "delta": converted["AP"] - fp32["AP"]}
-    return evaluation
 
 
 def report_json(report: dict[str, Any]) -> str:

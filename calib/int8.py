@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import uses_external_data
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -131,16 +133,21 @@ def require_calibration_cache_api() -> None:
 
 
 def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress: bool = True) -> dict[str, Any]:
-    """Activation ranges of every quantizable tensor over `inputs`, as ORT's TensorsData dict (JSON-able)."""
+    """Activation ranges of every quantizable tensor over `inputs`, as ORT's TensorsData dict (JSON-able).
+
+    ORT's create_calibrator writes `<stem>-inferred.onnx` beside the model it is given, then deletes
+    it: that would clobber a user's file of that name, fail in a read-only folder and race with a
+    second run on the same model. So it is given a private copy in a temporary folder.
+    """
     params = method_params(method)
     require_calibration_cache_api()
-    model = onnx.load(str(model_path), load_external_data=False)
-    input_name = model.graph.input[0].name
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="retinanet_trt.calib.") as tmp:
+        model = _private_copy(Path(model_path), Path(tmp))
+        input_name = onnx.load(str(model), load_external_data=False).graph.input[0].name
         calibrator = create_calibrator(
-            model_path, _op_types(), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            model, _op_types(), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=METHODS[method], extra_options={"symmetric": True, **params},
         )
         bar = tqdm(total=len(inputs), desc=f"calibrating ({method})", unit="run", disable=not progress, leave=False)
@@ -152,6 +159,18 @@ def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress:
         path = Path(tmp) / "ranges.json"
         save_tensors_data(ranges, path)
         return json.loads(path.read_text())
+
+
+def _private_copy(model_path: Path, folder: Path) -> Path:
+    """model_path copied into `folder` (with its external data, if any); the copy's path."""
+    copy = folder / "fp32.onnx"
+    header = onnx.load(str(model_path), load_external_data=False)
+    if not any(uses_external_data(t) for t in header.graph.initializer):
+        shutil.copyfile(model_path, copy)  # a byte copy: cheaper than parse and re-serialize
+        return copy
+    model = onnx.load(str(model_path))
+    onnx.save(model, str(copy), save_as_external_data=True, location="fp32.onnx.data")
+    return copy
 
 
 def quantize(model_path: Path, out_path: Path, ranges: dict[str, Any], config: QuantizeConfig) -> onnx.ModelProto:

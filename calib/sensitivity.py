@@ -2,8 +2,9 @@
 
 Each row quantizes only that group's nodes (the default exclusions stay FP32) from the same cached
 ranges, and measures the raw outputs on the held-out photos against FP32, plus COCO AP when the
-calibration set has annotations. Quantization noise of independent groups adds up roughly in
-power, so a group's share of the summed noise says how much excluding it would buy.
+calibration set has annotations, in ACCURACY_ARITHMETIC (Q/DQ simulated as written). Quantization
+noise of independent groups adds up roughly in power, so a group's share of the summed noise says
+how much excluding it would buy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from retinanet_trt.calib import accuracy, int8
 from retinanet_trt.calib.select import groups_present
 from retinanet_trt.export.naming import node_group
-from retinanet_trt.runtime.backends.ort_backend import cpu_session
+from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, cpu_session
 
 # Below this output SQNR the tool recommends exclusions (noise at 1% of the signal power).
 TARGET_SQNR_DB = 20.0
@@ -54,7 +55,7 @@ def sensitivity_sweep(model: onnx.ModelProto, src: Path, ranges: dict[str, Any],
                 continue
             path = Path(tmp) / f"{group}.onnx"
             int8.quantize(src, path, ranges, int8.QuantizeConfig(method, list(excluded), nodes))
-            cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cpu_session(path), photos))
+            cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cpu_session(path, arithmetic=ACCURACY_ARITHMETIC), photos))
             worst = min(cmp, key=lambda k: cmp[k]["sqnr_db"])
             row: dict[str, Any] = {"group": group, "nodes": len(nodes), "sqnr_db": cmp[worst]["sqnr_db"],
                                    "worst_output": worst, "cosine": cmp[worst]["cosine"]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,17 +44,25 @@ class CalibSource:
 
 @dataclass
 class CalibImages:
-    """Pre-processed calibration inputs and an account of how they were chosen.
+    """Calibration images, their digest and an account of how they were chosen.
 
-    inputs: one (B, 3, H, W) float32 array per model run; sources: the images used, in order;
-    digest: sha256 over the images' bytes (their files, or pixels for generated ones).
+    sources: the images used, in order; digest: sha256 over the images' bytes (their files, or
+    pixels for generated ones); inputs: one (B, 3, H, W) float32 array per model run, made on
+    first use, so a rerun whose ranges and report come from caches skips the pre-process.
     """
 
-    inputs: list[np.ndarray]
     sources: list[str]
     digest: str
     skipped_unreadable: list[str] = field(default_factory=list)
     skipped_unfit: list[str] = field(default_factory=list)
+    prepare: Callable[[], list[np.ndarray]] | None = field(default=None, repr=False)
+    _inputs: list[np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        if self._inputs is None:
+            self._inputs = self.prepare() if self.prepare else []
+        return self._inputs
 
     def summary(self) -> dict[str, object]:
         return {
@@ -123,7 +131,8 @@ def load_calibration(
     batch: int = 1,
     progress: bool = True,
 ) -> CalibImages:
-    """Read, check and pre-process up to `count` images, sampled deterministically by `seed`.
+    """Read and check up to `count` images, sampled deterministically by `seed` (pre-processed
+    when `.inputs` is first read).
 
     input_hw: the model's static (H, W), or None for a dynamic input (each run then takes the
     spec's padded size). batch: the model's static batch size; a last partial batch is filled
@@ -165,8 +174,12 @@ def load_calibration(
             detail.append(f"{len(unfit)} do not fit the static input {input_hw[0]}x{input_hw[1]} after the spec's resize "  # type: ignore[index]
                           f"(first: {unfit[0]}); export with --dynamic or a larger --input-size")
         raise UsageError(f"no usable calibration images in {source.name}: " + "; ".join(detail or ["the set is empty"]))
-    inputs = []
-    for start in range(0, len(picked), batch):
-        chunk = [picked[(start + k) % len(picked)] for k in range(batch)]
-        inputs.append(preprocess(chunk, spec, input_hw).images)
-    return CalibImages(inputs, sources, digest.hexdigest(), unreadable, unfit)
+
+    def prepare() -> list[np.ndarray]:
+        inputs = []
+        for start in range(0, len(picked), batch):
+            chunk = [picked[(start + k) % len(picked)] for k in range(batch)]
+            inputs.append(preprocess(chunk, spec, input_hw).images)
+        return inputs
+
+    return CalibImages(sources, digest.hexdigest(), unreadable, unfit, prepare)

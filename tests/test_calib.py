@@ -11,14 +11,22 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from retinanet_trt.calib import cache, fp16, lint, select, sets
+from retinanet_trt.calib import cache, fp16, lint, scoring, select, sets
 from retinanet_trt.calib.convert import ConvertOptions, convert
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info
 
-# Floors and bounds measured on this tiny model (random weights, 128x160, 8 demo images, minmax):
-# INT8 worst output SQNR 28.1 dB, FP16 63.1 dB with max abs error 1.8e-3; bounds leave some margin.
-INT8_SQNR_FLOOR_DB = 20.0
+# Floors and bounds, measured in the arithmetic every report uses (simulated Q/DQ: ORT CPU with
+# graph optimisations off, so the same on every CPU) on this tiny model (random weights, 128x160),
+# over model seeds 0-2 x calibration seeds 0-2 (2026-12-01):
+# - INT8, 8 demo images, minmax: worst output SQNR 26.3-31.3 dB (28.1 at the seeds used here).
+#   Floor 23 dB: 3.3 dB under the lowest seed, and above the 17 dB that ORT's fused integer kernels
+#   gave on an AVX2-only CPU, so a return to CPU-dependent arithmetic fails here.
+# - INT8, dynamic model, 4 demo images, entropy: 22.2-29.0 dB (25.1 here); floor 20 dB (2.2 under).
+# - INT8 one group at a time (sensitivity rows, COCO set of 3 images): 28.5-32.1 dB; floor 23 dB.
+# - FP16: 61.0-63.6 dB, max abs error 1.8e-3; floor 55 dB (6 under), bound 1e-2 (5.5x).
+INT8_SQNR_FLOOR_DB = 23.0
+INT8_ENTROPY_DYNAMIC_FLOOR_DB = 20.0
 FP16_SQNR_FLOOR_DB = 55.0
 FP16_MAX_ABS = 1e-2
 
@@ -198,6 +206,7 @@ def test_int8_tiny_is_tensorrt_clean_and_accurate(int8_run: tuple[Path, dict]) -
     assert report["lint"]["passed"] and lint.lint_file(out).passed
     assert read_info(out)["precision"] == "int8"
     assert min(report["sqnr_db"].values()) > INT8_SQNR_FLOOR_DB, report["sqnr_db"]
+    assert report["arithmetic"] == scoring.ARITHMETIC and "graph optimisations off" in report["arithmetic"]
     assert [row["level"] for row in report["levels"]] == ["p3", "p4", "p5", "p6", "p7"]
     model = onnx.load(str(out))
     consts = {t.name for t in model.graph.initializer}
@@ -258,7 +267,7 @@ def test_cli_int8_report_and_usage_errors(static_tiny: Path, tmp_path: Path, cap
     assert main([str(static_tiny), "--int8", "--calib", str(folder), "-o", str(out), "--report", str(rep), "--quiet",
                  "--exclude", "fpn,p7"]) == 0
     text = capsys.readouterr().out
-    assert "cls SQNR dB" in text and "lint: PASS" in text
+    assert "cls SQNR dB" in text and "lint: PASS" in text and f"arithmetic: {scoring.ARITHMETIC}" in text
     report = json.loads(rep.read_text())
     assert set(report["sqnr_db"]) == {f"{k}_p{lv}" for k in ("cls", "box") for lv in range(3, 8)}
     assert report["lint"]["passed"] and report["cache"]["path"].endswith("m.int8.calib.json")
@@ -289,7 +298,7 @@ def test_histogram_calibration_on_dynamic_model_with_mixed_sizes(tiny_onnx: tupl
     report = convert(path, "int8", tmp_path / "dyn.int8.onnx",
                      ConvertOptions(calib="demo", calib_images=4, method="entropy", progress=False, evaluate_map=False))
     assert report["lint"]["passed"] and report["calibration"]["images_used"] == 4
-    assert min(report["sqnr_db"].values()) > 20.0  # measured 25.2 dB
+    assert min(report["sqnr_db"].values()) > INT8_ENTROPY_DYNAMIC_FLOOR_DB, report["sqnr_db"]
 
 
 def test_coco_json_set_scores_held_out_images_and_sweeps_groups(static_tiny: Path, tmp_path: Path) -> None:
@@ -301,6 +310,7 @@ def test_coco_json_set_scores_held_out_images_and_sweeps_groups(static_tiny: Pat
     assert report["calibration"]["kind"] == "coco" and report["calibration"]["images_used"] == 3
     assert set(report["map"]) == {"fp32", "int8"}  # random weights: both near 0, but scored
     assert report["map_detail"]["images"] == 3 and "not used for calibration" in report["map_detail"]["set"]
+    assert report["map_detail"]["arithmetic"] == report["sensitivity"]["arithmetic"] == scoring.ARITHMETIC
     rows = report["sensitivity"]["rows"]
     assert [r["group"] for r in rows] == ["backbone", "fpn", "p3", "p4", "p5", "p6", "p7"]
     assert all("ap_lost" in r and r["sqnr_db"] > INT8_SQNR_FLOOR_DB for r in rows)

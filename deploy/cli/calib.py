@@ -9,7 +9,7 @@ from typing import Any
 
 from retinanet_trt.cli.common import format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError
-from retinanet_trt.fileio import check_writable, write_bytes_atomic
+from retinanet_trt.fileio import check_outputs, write_bytes_atomic
 
 EXAMPLES = """\
   trt-calib m.onnx --int8 --calib demo -o m.int8.onnx --report r.json
@@ -43,7 +43,8 @@ def _parser():  # type: ignore[no-untyped-def]
     p.add_argument("--quantize-predictors", action="store_true",
                    help="INT8: quantize the final cls/box convs too (kept FP32 by default)")
     p.add_argument("--cache", help="calibration cache file (default: OUTPUT with .calib.json); reused when "
-                   "model, images, pre-process and method match, refused otherwise")
+                   "model, images, pre-process and method match, refused otherwise; the accuracy report is "
+                   "cached beside it (.calib.report.json) and reused when every input and the output match")
     p.add_argument("--sensitivity", action="store_true", help="INT8: quantize one group at a time and recommend exclusions")
     p.add_argument("--eval-images", type=int, default=DEFAULT_EVAL_IMAGES, metavar="N",
                    help=f"images for COCO mAP when the set has annotations (default {DEFAULT_EVAL_IMAGES})")
@@ -65,10 +66,16 @@ def print_report(r: dict[str, Any]) -> None:
         skipped = f", skipped {cal['skipped_unreadable']} unreadable, {cal['skipped_unfit']} not fitting" \
             if cal["skipped_unreadable"] or cal["skipped_unfit"] else ""
         print(f"calibration: {cal['images_used']} images from {cal['set']} (seed {cal['seed']}), method {cal['method']}{skipped}")
-    if "cache" in r:
-        c = r["cache"]
+    c = r.get("cache", {})
+    if c.get("path"):
         state = "reused" if c["reused"] else "written"
         print(f"cache: {c['path']} ({state})" + (f"; replaced: {c['replaced']}" if c.get("replaced") else ""))
+    if c.get("report_reused"):
+        kept = "output unchanged, not rewritten" if c.get("output_reused") else "output rewritten, same bytes"
+        print(f"report: scores reused from {c['report_path']} (scored {c.get('scored_at', '?')}; same inputs, {kept})")
+    elif c.get("report_note"):
+        print(f"report: {c['report_note']}")
+    print(f"arithmetic: {r['arithmetic']}")
     print(f"kept FP32: {len(r['exclusions'])} nodes" + (f" ({', '.join(r['exclusions'][:4])}{', ...' if len(r['exclusions']) > 4 else ''})" if r["exclusions"] else ""))
     print(f"\n{prec} vs fp32 per FPN level, held-out photos ({', '.join(r['held_out']['photos'])}):")
     rows = [[row["level"], _db(row["cls_sqnr_db"]), f"{row['cls_cosine']:.6f}", row["cls_max_abs"],
@@ -96,7 +103,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"\nlint: {'PASS' if lint['passed'] else 'FAIL'} ({lint['qdq_nodes']} Q/DQ nodes)")
     for problem in lint["problems"]:
         print(f"  {problem}")
-    print(f"wrote {r['output']} in {r['times_s']['total_s']:.1f} s")
+    verb = "kept" if c.get("output_reused") else "wrote"  # an unchanged output is not rewritten
+    print(f"{verb} {r['output']} in {r['times_s']['total_s']:.1f} s")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -105,8 +113,9 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}.{args.precision}.onnx")
-    if args.report:
-        check_writable(args.report)
+    calib_file = args.calib if args.calib and Path(args.calib).is_file() else None
+    check_outputs({"-o": out, "--report": args.report, "--cache": args.cache},
+                  {"MODEL": src, "--calib": calib_file})
     for name in ("calib_images", "eval_images"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")

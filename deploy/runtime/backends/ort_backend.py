@@ -20,13 +20,46 @@ PROVIDERS = {
 }
 
 
-def cpu_session(model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int = 0):  # type: ignore[no-untyped-def]
-    """A CPU InferenceSession over a file, serialized bytes or a ModelProto; threads 0 lets ONNX
-    Runtime choose. Warnings are silenced: Q/DQ insertion leaves unused initializers ORT reports."""
+# How a CPU session computes. "simulated": graph optimisations off, so every QuantizeLinear /
+# DequantizeLinear runs as written (quantize, dequantize, compute in float): the arithmetic
+# TensorRT's explicit quantization honours, and the same on every x86 CPU. "fused": ONNX Runtime's
+# default optimisations, which fuse Q/DQ into integer kernels (QLinearConv, ConvInteger) whose
+# results depend on the CPU (without VNNI they saturate): fast, but a speed figure only.
+SIMULATED = "simulated"
+FUSED = "fused"
+ARITHMETICS = (SIMULATED, FUSED)
+ARITHMETIC_LABELS = {
+    SIMULATED: "simulated Q/DQ (ONNX Runtime CPU, graph optimisations off): quantize, dequantize, float compute",
+    FUSED: "ORT CPU fused integer kernels, speed only",
+}
+# What every accuracy report (trt-calib, trt-build, sensitivity, mAP) is computed in and cites.
+ACCURACY_ARITHMETIC = SIMULATED
+
+
+def session_options(threads: int = 0, arithmetic: str = FUSED, optimized_model_path: str | None = None):  # type: ignore[no-untyped-def]
+    """SessionOptions for `arithmetic` (see ARITHMETIC_LABELS). optimized_model_path: ORT writes the
+    graph it will run there, which shows whether Q/DQ was fused (tests check it)."""
     import onnxruntime as ort
 
+    if arithmetic not in ARITHMETICS:
+        raise UsageError(f"arithmetic {arithmetic!r}: choose one of {', '.join(ARITHMETICS)}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if arithmetic == SIMULATED:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = optimized_model_path
+    return options
+
+
+def cpu_session(model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int = 0,  # type: ignore[no-untyped-def]
+                arithmetic: str = FUSED, optimized_model_path: str | None = None):
+    """A CPU InferenceSession over a file, serialized bytes or a ModelProto; threads 0 lets ONNX
+    Runtime choose. arithmetic: SIMULATED for accuracy, FUSED (ORT's default) for speed.
+    Warnings are silenced: Q/DQ insertion leaves unused initializers ORT reports."""
+    import onnxruntime as ort
+
+    options = session_options(threads, arithmetic, optimized_model_path)
     options.log_severity_level = 3
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
@@ -42,7 +75,7 @@ class OrtBackend:
     """
 
     def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0,
-                 profile_dir: str | None = None) -> None:
+                 profile_dir: str | None = None, arithmetic: str = FUSED) -> None:
         import onnxruntime as ort
 
         if backend not in PROVIDERS:
@@ -56,9 +89,9 @@ class OrtBackend:
         self.name = backend
         self.path = Path(onnx_path)
         self.spec = read_spec(self.path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        # arithmetic SIMULATED: Q/DQ as written (accuracy checks); FUSED: ORT's default (speed)
+        self.arithmetic = arithmetic
+        options = session_options(threads, arithmetic)
         if profile_dir:
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")

@@ -1,0 +1,128 @@
+"""Accuracy-report cache: a rerun of trt-calib with the same inputs reuses the scores, not only the ranges.
+
+Scoring (held-out SQNR, COCO mAP, the sensitivity sweep) is most of a calibration run once the
+ranges are cached, so the report is stored beside the ranges cache (`m.int8.calib.json` ->
+`m.int8.calib.report.json`) under a key over everything that determines it:
+
+- the source file's bytes (graph, weights and the spec in its metadata: pre- and post-process),
+- the calibration set (images' digest, count, seed, set name and kind, image root), the mAP set
+  (COCO annotations and the scored images' bytes), the method with its parameters,
+- the options (precision, exclusions incl. the default one, eval images, mAP on/off, sensitivity),
+- the arithmetic scores are computed in, the versions of the packages that affect them, and a hash
+  of this package's own conversion and scoring code (a development checkout's version number
+  does not change when that code does).
+
+The entry also records the output file's sha256: scores are reused only for those exact bytes,
+so a changed or replaced output is scored again. Any other change recomputes, and the report
+says which parts differed. A cache that cannot be read is ignored with a note, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from retinanet_trt.calib.cache import sha256_text
+from retinanet_trt.errors import EnvironmentFault, UsageError
+from retinanet_trt.fileio import write_json_atomic
+
+REPORT_CACHE_FORMAT = "retinanet_trt.calib_report_cache/1"
+# Distributions whose versions can change a score: the converters, the runtime, the mAP code,
+# and the image libraries behind the held-out photos, the demo sets and the pre-process.
+SCORE_DISTRIBUTIONS = ("retinanet-trt", "onnx", "onnxruntime", "onnxconverter-common", "numpy", "pycocotools",
+                       "scikit-image", "pillow", "opencv-python-headless")
+# Modules whose code decides the converted file or its scores.
+SCORE_MODULES = (
+    "retinanet_trt.calib.accuracy", "retinanet_trt.calib.convert", "retinanet_trt.calib.detection_map",
+    "retinanet_trt.calib.fp16", "retinanet_trt.calib.int8", "retinanet_trt.calib.scoring",
+    "retinanet_trt.calib.select", "retinanet_trt.calib.sensitivity", "retinanet_trt.calib.sets",
+    "retinanet_trt.demo.synthetic", "retinanet_trt.evaluate", "retinanet_trt.export.parity",
+    "retinanet_trt.runtime.backends.ort_backend", "retinanet_trt.runtime.images",
+    "retinanet_trt.runtime.postprocess", "retinanet_trt.runtime.preprocess",
+)
+
+
+def report_cache_path(ranges_cache: Path) -> Path:
+    """`m.int8.calib.json` -> `m.int8.calib.report.json`; `m.calib` -> `m.calib.report.json`."""
+    stem = ranges_cache.name[: -len(".json")] if ranges_cache.name.endswith(".json") else ranges_cache.name
+    return ranges_cache.with_name(stem + ".report.json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def score_versions() -> dict[str, str]:
+    """Versions of SCORE_DISTRIBUTIONS that are installed."""
+    found = {}
+    for dist in SCORE_DISTRIBUTIONS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def code_digest() -> str:
+    """sha256 over the source of SCORE_MODULES (found without importing them)."""
+    digest = hashlib.sha256()
+    for name in SCORE_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin) if spec and spec.origin else None
+        digest.update(name.encode())
+        digest.update(origin.read_bytes() if origin and origin.is_file() else b"missing")
+    return digest.hexdigest()
+
+
+def report_key_parts(**parts: Any) -> dict[str, str]:
+    """Each named input hashed on its own (JSON, sorted keys), so a mismatch can be named."""
+    return {name: sha256_text(json.dumps(value, sort_keys=True, default=str)) for name, value in parts.items()}
+
+
+def _key(parts: dict[str, str]) -> str:
+    return sha256_text("|".join(f"{k}={parts[k]}" for k in sorted(parts)))
+
+
+def load_entry(path: Path, parts: dict[str, str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(entry, note): the stored entry when its key matches `parts`, else None with a note saying
+    why (other inputs, naming them; or an unreadable file). No file: (None, None)."""
+    if not path.exists():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+        if data["format"] != REPORT_CACHE_FORMAT:
+            return None, f"report cache {path} has format {data['format']!r}; re-scored"
+        stored, entry = data["parts"], data["entry"]
+        entry["output_sha256"], entry["scores"], entry["conversion"]  # noqa: B018 (all must be present)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"report cache {path} is not readable ({type(exc).__name__}); ignored and re-scored"
+    differ = sorted(k for k in set(parts) | set(stored) if parts.get(k) != stored.get(k))
+    if differ:
+        return None, f"inputs changed since the cached report ({', '.join(differ)}); re-scored"
+    return entry, None
+
+
+def save_entry(path: Path, parts: dict[str, str], output_sha256: str, conversion: dict[str, Any],
+               scores: dict[str, Any], times_s: dict[str, float]) -> str | None:
+    """Write the entry atomically; a note instead of an error when the folder is not writable
+    (a read-only cache still serves its ranges; only the report reuse is lost)."""
+    try:
+        write_json_atomic(path, {
+            "format": REPORT_CACHE_FORMAT,
+            "key": _key(parts),
+            "parts": parts,
+            "entry": {"output_sha256": output_sha256, "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "times_s": times_s, "conversion": conversion, "scores": scores},
+        })
+    except (OSError, UsageError, EnvironmentFault) as exc:
+        return f"report cache {path} not written ({exc})"
+    return None
