@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,61 @@ def detections_to_coco(dets: Detections, image_id: int, file_name: str | None = 
 
 
 def load_coco(annotations: str | Path):  # type: ignore[no-untyped-def]
+    """A pycocotools COCO over a checked instances json; UsageError naming the first problem."""
     from pycocotools.coco import COCO
 
     path = Path(annotations)
     if not path.is_file():
         raise UsageError(f"annotations file {path} not found; pass a COCO instances json")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return COCO(str(path))
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
-        raise UsageError(f"{path} is not a COCO annotations json ({type(exc).__name__}: {exc})") from exc
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not JSON ({exc}); pass a COCO instances json") from None
+    check_coco(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_coco(data: Any, path: Path) -> None:
+    """The parts of a COCO instances json that evaluation reads: images (id, file_name),
+    annotations (image_id, category_id, bbox [x, y, w, h] with w, h >= 0) and categories (id, name)."""
+    def bad(what: str) -> UsageError:
+        return UsageError(f"{path}: {what}; pass a COCO instances json (images, annotations, categories)")
+
+    if not isinstance(data, dict):
+        raise bad("the top level is not an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise bad(f"no '{key}' list")
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+            raise bad(f"images[{i}] needs an integer 'id' and a 'file_name'")
+    categories = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
+            raise bad(f"categories[{i}] needs an integer 'id' and a 'name'")
+        categories.add(cat["id"])
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), int) or not isinstance(ann.get("category_id"), int):
+            raise bad(f"annotations[{i}] needs integer 'image_id' and 'category_id'")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)) and box[2] >= 0 and box[3] >= 0):
+            raise bad(f"annotations[{i}].bbox = {box!r} is not [x, y, width, height] with width, height >= 0")
+        if ann["category_id"] not in categories:
+            raise bad(f"annotations[{i}].category_id {ann['category_id']} is not among the categories")
+        ann.setdefault("area", float(box[2] * box[3]))  # pycocotools needs both for its area ranges
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("id", i + 1)
+    image_ids = {im["id"] for im in data["images"]}
+    if data["annotations"] and not any(a["image_id"] in image_ids for a in data["annotations"]):
+        raise bad(f"none of its {len(data['annotations'])} annotations refer to the {len(image_ids)} listed images' ids")
 
 
 def coco_map(coco, results: list[dict[str, Any]]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -70,11 +116,16 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
     """Run `detector` on every image of the COCO file (files resolved under images_dir) and score it.
 
     Unreadable images are skipped and listed under "failures"."""
+    if max_images is not None and max_images < 1:
+        raise UsageError(f"--max-images {max_images}: give at least 1 (or leave it out for all images)")
     coco = load_coco(annotations)
     images_dir = Path(images_dir)
     image_ids = sorted(coco.getImgIds())[:max_images]
     if not image_ids:
         raise UsageError(f"{annotations} lists no images")
+    if not coco.getAnnIds(imgIds=image_ids):
+        raise UsageError(f"{annotations}: the {len(image_ids)} image(s) evaluated have no annotations, so AP is "
+                         "undefined; check that annotation image_id values match the images' ids")
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     compute_ms: list[float] = []

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.spec_checks import check_field_type, range_problems
 
 SPEC_VERSION = 1
 RESIZE_IMPLS = ("pillow_uint8", "torch_bilinear_float", "skimage_float", "cv2_float")
@@ -286,6 +287,9 @@ class ModelSpec:
             "round_half_up", "maskrcnn_benchmark"
         ):
             problems.append(f"postprocess.rescale='uniform' needs one resize factor; rounding={pre.rounding!r} has none")
+        if self.version != SPEC_VERSION:
+            problems.append(f"version={self.version!r}: this release reads spec version {SPEC_VERSION}")
+        problems += range_problems(self)
         if problems:
             more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
             raise UsageError(f"inconsistent spec: {problems[0]}{more}")
@@ -303,7 +307,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         ftype = fields[name].type
         sub = _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else check_field_type(cls, name, value, where)
     return cls(**kwargs)
 
 

@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
+from retinanet_trt.export.metadata import load_onnx, read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.model.anchors import cell_anchors, grid_anchors
 from retinanet_trt.plugins.graph import FLOAT, INT32, GraphBuilder
@@ -637,7 +637,7 @@ def end2end_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], nms: 
     check_writable(dst)
     if not os.path.isfile(src):
         raise UsageError(f"ONNX file {os.fspath(src)} not found; export one with trt-export")
-    plain = onnx.load(os.fspath(src))
+    plain = load_onnx(src)
     model, report = add_end2end(plain, nms=nms, anchors=anchors)
     if nms == "onnx":
         report["check"] = check_against_reference(plain, model, seed=check_seed)

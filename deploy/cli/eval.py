@@ -47,6 +47,8 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("give either --demo or both --images DIR and --annotations JSON")
     if not args.demo and not (args.images and args.annotations):
         raise UsageError("--images and --annotations go together")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images {args.max_images}: give at least 1 (or leave it out for all images)")
     if args.demo and args.demo_images < 1:
         raise UsageError(f"--demo-images {args.demo_images}: must be at least 1")
     detector = Detector.load(args.model, args.backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import onnx
@@ -26,7 +27,8 @@ def set_metadata(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any] |
         model.metadata_props.add(key=key, value=value)
 
 
-def _load(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+def load_onnx(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    """The ModelProto of a path (UsageError for a missing, truncated or corrupt file), or the proto itself."""
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     path = os.fspath(model_or_path)
@@ -39,15 +41,58 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.Model
 
 
 def read_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> ModelSpec:
-    """The ModelSpec stored by trt-export; a UsageError if the file carries none."""
-    model = _load(model_or_path)
+    """The ModelSpec stored by trt-export, checked against the graph's outputs.
+
+    UsageError if the file carries none, if it is not valid, or if it disagrees with the graph
+    (classes, anchors or FPN levels other than the outputs have), so no runner reads a head wrong.
+    """
+    model = load_onnx(model_or_path)
+    where = model_or_path if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model"
     props = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in props:
-        raise UsageError("the ONNX file has no retinanet_trt spec in its metadata; export it with trt-export")
-    return ModelSpec.from_json(props[SPEC_KEY])
+        raise UsageError(f"{where} has no retinanet_trt spec in its metadata; export it with trt-export")
+    try:
+        spec = ModelSpec.from_json(props[SPEC_KEY])
+    except UsageError as exc:
+        raise UsageError(f"{where}: its stored spec is invalid ({exc}); re-export it with trt-export") from None
+    check_spec_matches_outputs(spec, model, str(where))
+    return spec
+
+
+_HEAD_OUTPUT = re.compile(r"^(cls|box)_p(\d+)$")
+
+
+def check_spec_matches_outputs(spec: ModelSpec, model: onnx.ModelProto, where: str) -> None:
+    """The raw head outputs cls_pL (N, A*K, H, W) and box_pL (N, A*4, H, W) must be exactly the
+    spec's levels, with the spec's anchor and class counts where the channel dim is static.
+    End-to-end graphs (num_dets, boxes, ...) have no per-level outputs and are not checked here."""
+    outputs = {o.name: o for o in model.graph.output}
+    heads = {name: m for name in outputs if (m := _HEAD_OUTPUT.match(name))}
+    if not heads:
+        return
+    levels = sorted({int(m.group(2)) for m in heads.values()})
+    if levels != sorted(spec.levels):
+        raise UsageError(f"{where}: the spec says FPN levels {spec.levels} but the graph has outputs for "
+                         f"{[f'p{lv}' for lv in levels]}; the metadata does not belong to this graph, re-export it")
+    a, k = spec.head.num_anchors, spec.head.num_classes
+    for name, m in heads.items():
+        want = a * (k if m.group(1) == "cls" else 4)
+        dims = outputs[name].type.tensor_type.shape.dim
+        channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+        if len(dims) != 4 or (channels is not None and channels != want):
+            got = f"{channels} channels" if len(dims) == 4 else f"rank {len(dims)}"
+            what = f"{a} anchors x {k} classes" if m.group(1) == "cls" else f"{a} anchors x 4"
+            raise UsageError(f"{where}: output {name} has {got}, the spec's head needs {want} ({what}); "
+                             "the metadata does not belong to this graph, re-export it")
 
 
 def read_info(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any]:
     """The info dict (fixes applied, precision, end2end flag, ...); {} when absent."""
-    props = {p.key: p.value for p in _load(model_or_path).metadata_props}
-    return json.loads(props.get(INFO_KEY, "{}"))
+    props = {p.key: p.value for p in load_onnx(model_or_path).metadata_props}
+    try:
+        info = json.loads(props.get(INFO_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the ONNX file's {INFO_KEY} metadata is not valid JSON ({exc.msg}); re-export it") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"the ONNX file's {INFO_KEY} metadata is not a JSON object; re-export it")
+    return info

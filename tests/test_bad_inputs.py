@@ -1,0 +1,194 @@
+"""Bad specs, artifacts whose metadata lies, and malformed COCO files: one line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from retinanet_trt.cli import calib as calib_cli
+from retinanet_trt.cli import eval as eval_cli
+from retinanet_trt.cli import export as export_cli
+from retinanet_trt.cli import infer as infer_cli
+from retinanet_trt.errors import UsageError
+from retinanet_trt.export.metadata import INFO_KEY, SPEC_KEY, read_info, read_spec
+from retinanet_trt.plugins import __main__ as plugins_cli
+from retinanet_trt.presets import PRESETS, get_preset
+from retinanet_trt.spec import ModelSpec
+
+
+def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(d)
+    *parents, leaf = dotted.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return out
+
+
+# ------------------------------------------------------------------------------- the spec
+BAD_FIELDS = [
+    ("head.num_classes", "5", "must be an integer"),
+    ("head.num_classes", 1.5, "must be an integer"),
+    ("head.num_classes", 0, "head.num_classes=0"),
+    ("head.num_convs", -1, "head.num_convs=-1"),
+    ("head.prior_prob", 1.0, "strictly between 0 and 1"),
+    ("backbone.stride_in_1x1", "yes", "must be true/false"),
+    ("preprocess.mean", [1, 2, "x"], "list of numbers"),
+    ("preprocess.min_size", True, "must be an integer"),
+    ("preprocess.max_size", 10, "between min_size"),
+    ("preprocess.size_divisibility", 0, "size_divisibility=0"),
+    ("postprocess.nms_iou", float("nan"), "must be a number"),
+    ("postprocess.nms_iou", 0.0, "in (0, 1]"),
+    ("postprocess.score_thresh", [0.05, 0.05, 0.05, 0.05, 1.5], "score_thresh"),
+    ("postprocess.max_detections", 0, "max_detections=0"),
+    ("postprocess.topk_per_level", -5, "topk_per_level=-5"),
+    ("anchors.sizes", [[-1.0, 2.0, 3.0]] * 5, "anchors.sizes"),
+    ("anchors.strides", [8, 16, 0, 64, 128], "anchors.strides"),
+    ("box_coder.weights", [1.0, 1.0, 1.0], "box_coder.weights"),
+    ("fpn.out_channels", "256", "must be an integer"),
+    ("version", 99, "spec version"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS)
+def test_every_bad_field_is_named_by_the_loader(field: str, value: Any, message: str) -> None:
+    with pytest.raises(UsageError, match=None) as info:
+        ModelSpec.from_dict(_set(get_preset("tiny").to_dict(), field, value))
+    assert message in str(info.value), str(info.value)
+    assert field.split(".")[-1] in str(info.value)
+
+
+def test_ints_are_fine_where_floats_are_declared_and_presets_all_pass() -> None:
+    spec = ModelSpec.from_dict(_set(get_preset("tiny").to_dict(), "postprocess.nms_iou", 1))
+    assert spec.postprocess.nms_iou == 1.0 and isinstance(spec.postprocess.nms_iou, float)
+    for name in PRESETS:
+        ModelSpec.from_json(get_preset(name).to_json())  # round trip through the checks
+
+
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS[:4])
+def test_export_with_a_bad_spec_file_is_one_line(field: str, value: Any, message: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    spec_file = tmp_path / "s.json"
+    spec_file.write_text(json.dumps(_set(get_preset("tiny").to_dict(), field, value)))
+    assert export_cli.main(["--spec", str(spec_file), "--random-init", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert message in _err_line(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --------------------------------------------------------------------- artifact vs its graph
+def _with_metadata(src: Path, dst: Path, spec_json: str | None = None, info_json: str | None = None) -> Path:
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if spec_json is not None and prop.key == SPEC_KEY:
+            prop.value = spec_json
+        if info_json is not None and prop.key == INFO_KEY:
+            prop.value = info_json
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _spec_dict(tiny_onnx) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return read_spec(tiny_onnx[0]).to_dict()
+
+
+def test_a_spec_with_other_class_count_than_the_graph_is_refused(tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = _set(_spec_dict(tiny_onnx), "head.num_classes", 3)
+    spec["postprocess"]["class_names"] = spec["postprocess"]["class_names"][:3]
+    spec["postprocess"]["label_map"] = spec["postprocess"]["label_map"][:3]
+    path = _with_metadata(tiny_onnx[0], tmp_path / "m.onnx", json.dumps(spec))
+    with pytest.raises(UsageError, match=r"cls_p3 has 45 channels, the spec's head needs 27"):
+        read_spec(path)
+
+
+def test_a_spec_with_fewer_levels_than_the_graph_is_refused(tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = _spec_dict(tiny_onnx)
+    spec["fpn"]["levels"] = [3, 4, 5, 6]
+    for key in ("sizes", "strides"):
+        spec["anchors"][key] = spec["anchors"][key][:4]
+    spec["postprocess"]["score_thresh"] = spec["postprocess"]["score_thresh"][:4]
+    path = _with_metadata(tiny_onnx[0], tmp_path / "m.onnx", json.dumps(spec))
+    with pytest.raises(UsageError, match=r"FPN levels \[3, 4, 5, 6\] but the graph has outputs for .*p7"):
+        read_spec(path)
+
+
+@pytest.mark.parametrize("spec_json, info_json, message", [
+    ('{"head": ', None, "stored spec is invalid"),
+    (None, '{"precision": ', "not valid JSON"),
+    (None, '[1, 2]', "not a JSON object"),
+])
+def test_corrupt_metadata_is_a_usage_error(spec_json, info_json, message, tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = _with_metadata(tiny_onnx[0], tmp_path / "m.onnx", spec_json, info_json)
+    with pytest.raises(UsageError, match=message):
+        read_info(path) if info_json else read_spec(path)
+    if info_json is None:  # a runner reads the spec
+        image = tmp_path / "x.png"
+        from PIL import Image
+
+        Image.new("RGB", (64, 48)).save(image)
+        assert infer_cli.main([str(path), str(image), "--out", str(tmp_path / "o")]) == 2
+    else:  # the converter reads the info
+        assert calib_cli.main([str(path), "--fp16", "-o", str(tmp_path / "o.onnx")]) == 2
+    assert message in _err_line(capsys)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.onnx").exists()
+
+
+def test_a_truncated_onnx_given_to_the_plugins_tool_is_one_line(tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(tiny_onnx[0].read_bytes()[:5000])
+    assert plugins_cli.main([str(cut), "-o", str(tmp_path / "e2e.onnx")]) == 2
+    assert "not a readable ONNX file" in _err_line(capsys)
+    assert not (tmp_path / "e2e.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- trt-eval
+def _coco(tmp_path: Path, **overrides: Any) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "a.png")
+    data: dict[str, Any] = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "circle"}],
+    }
+    data.update(overrides)
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("overrides, extra, message", [
+    ({"categories": None}, [], "no 'categories' list"),
+    ({"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20]}]}, [], "is not [x, y, width, height]"),
+    ({"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, -2, 3]}]}, [], "width, height >= 0"),
+    ({"annotations": [{"id": 1, "image_id": 99, "category_id": 1, "bbox": [4, 4, 20, 20]}]}, [], "refer to the 1 listed"),
+    ({"annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 20]}]}, [], "not among the categories"),
+    ({"annotations": []}, [], "have no annotations"),
+    ({}, ["--max-images", "-1"], "--max-images -1"),
+    ({}, ["--max-images", "0"], "--max-images 0"),
+])
+def test_trt_eval_bad_annotations_and_counts(overrides, extra, message, tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    ann = _coco(tmp_path, **overrides)
+    argv = [str(tiny_onnx[0]), "--images", str(tmp_path), "--annotations", str(ann), *extra, "--json", str(tmp_path / "ap.json")]
+    assert eval_cli.main(argv) == 2
+    assert message in _err_line(capsys)
+    assert not (tmp_path / "ap.json").exists()
+
+
+def test_trt_eval_on_a_valid_minimal_set_works(tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ann = _coco(tmp_path)
+    assert eval_cli.main([str(tiny_onnx[0]), "--images", str(tmp_path), "--annotations", str(ann),
+                          "--json", str(tmp_path / "ap.json")]) == 0
+    stats = json.loads((tmp_path / "ap.json").read_text())
+    assert stats["num_images"] == 1 and 0.0 <= stats["AP"] <= 1.0
