@@ -118,7 +118,7 @@ def test_a_spec_with_fewer_levels_than_the_graph_is_refused(tiny_onnx, tmp_path:
         spec["anchors"][key] = spec["anchors"][key][:4]
     spec["postprocess"]["score_thresh"] = spec["postprocess"]["score_thresh"][:4]
     path = _with_metadata(tiny_onnx[0], tmp_path / "m.onnx", json.dumps(spec))
-    with pytest.raises(UsageError, match=r"FPN levels \[3, 4, 5, 6\] but the graph has outputs for .*p7"):
+    with pytest.raises(UsageError, match=r"FPN levels \[3, 4, 5, 6\] but the graph has outputs .*cls_p7"):
         read_spec(path)
 
 

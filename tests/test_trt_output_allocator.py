@@ -121,7 +121,7 @@ class FakeContext:
         assert self.input_shape is not None
         n = self.input_shape[0]
         return {"images": list(self.input_shape), "num_dets": [n], "boxes": [n, -1, 4] if self.engine.dds else [n, 3, 4],
-                "scores": [n, -1] if self.engine.dds else [n, 3]}[name]
+                "scores": [n, -1] if self.engine.dds else [n, 3], "labels": [n, -1] if self.engine.dds else [n, 3]}[name]
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.addresses[name] = address
@@ -137,7 +137,8 @@ class FakeContext:
         images = np.frombuffer(MEMORY[self.addresses["images"]], np.float32, count=int(np.prod(self.input_shape)))
         base = float(images.reshape(self.input_shape)[:, 0, 0, 0].sum())
         boxes = (np.arange(n * d * 4, dtype=np.float32) + base).reshape(n, d, 4)
-        outputs = {"num_dets": np.full((n,), d, np.int32), "boxes": boxes, "scores": np.full((n, d), 0.5, np.float32)}
+        outputs = {"num_dets": np.full((n,), d, np.int32), "boxes": boxes, "scores": np.full((n, d), 0.5, np.float32),
+                   "labels": np.zeros((n, d), np.int32)}
         for name, value in outputs.items():
             if name not in self.allocators:
                 _write(self.addresses[name], value)
@@ -160,7 +161,7 @@ class FakeContext:
 class FakeEngine:
     def __init__(self, dds: bool, async_callbacks: bool = True) -> None:
         self.dds, self.async_callbacks, self.detections = dds, async_callbacks, 2
-        self.names = ["images", "num_dets", "boxes", "scores"]
+        self.names = ["images", "num_dets", "boxes", "scores", "labels"]
         self.context: FakeContext | None = None
 
     num_optimization_profiles = 1
@@ -176,11 +177,11 @@ class FakeEngine:
         return "INPUT" if name == "images" else "OUTPUT"
 
     def get_tensor_dtype(self, name: str) -> Any:
-        return types.SimpleNamespace(name="INT32" if name == "num_dets" else "FLOAT")
+        return types.SimpleNamespace(name="INT32" if name in ("num_dets", "labels") else "FLOAT")
 
     def get_tensor_shape(self, name: str) -> list[int]:
         return {"images": [1, 3, 8, 8], "num_dets": [1], "boxes": [1, -1 if self.dds else 3, 4],
-                "scores": [1, -1 if self.dds else 3]}[name]
+                "scores": [1, -1 if self.dds else 3], "labels": [1, -1 if self.dds else 3]}[name]
 
     def create_execution_context(self) -> FakeContext:
         self.context = FakeContext(self)
@@ -259,7 +260,7 @@ def test_data_dependent_outputs_come_back_in_the_notified_shape(make_backend: An
     backend = make_backend(engine)
     context = engine.context
     assert context is not None
-    assert set(context.allocators) == {"boxes", "scores"}  # only the outputs whose shape stays -1
+    assert set(context.allocators) == {"boxes", "scores", "labels"}  # only the outputs whose shape stays -1
     assert set(context.addresses) == {"images", "num_dets"}
     for allocator in context.allocators.values():
         assert isinstance(allocator, sys.modules["tensorrt"].IOutputAllocator) and allocator.base_initialised
@@ -269,8 +270,8 @@ def test_data_dependent_outputs_come_back_in_the_notified_shape(make_backend: An
     np.testing.assert_array_equal(out["boxes"].ravel(), np.arange(8, dtype=np.float32) + 1.0)
     np.testing.assert_array_equal(out["num_dets"], [2])
     first_ptr = context.memory["boxes"][0]
-    # The D2H copies are exactly the notified sizes: num_dets (4 bytes), boxes 2x4 float32, scores 2 float32.
-    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 8, 32]
+    # The D2H copies are exactly the notified sizes: num_dets (4 bytes), boxes 2x4 float32, scores and labels 2 each.
+    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 8, 8, 32]
 
     # More detections: TensorRT asks for more memory, the buffer grows (at least doubling), old one freed after the run.
     COPIES.clear()
@@ -280,7 +281,7 @@ def test_data_dependent_outputs_come_back_in_the_notified_shape(make_backend: An
     np.testing.assert_array_equal(out["boxes"].ravel(), np.arange(20, dtype=np.float32) + 2.0)
     grown_ptr = context.memory["boxes"][0]
     assert grown_ptr != first_ptr and first_ptr not in MEMORY
-    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 20, 80]
+    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 20, 20, 80]
 
     # Fewer detections: the grown buffer is reused, and only the smaller notified shape is copied.
     COPIES.clear()
@@ -289,7 +290,7 @@ def test_data_dependent_outputs_come_back_in_the_notified_shape(make_backend: An
     assert context.memory["boxes"][0] == grown_ptr
     assert out["boxes"].shape == (1, 1, 4)
     np.testing.assert_array_equal(out["boxes"].ravel(), np.arange(4, dtype=np.float32) + 3.0)
-    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 4, 16]
+    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 4, 4, 16]
 
     # No detections: empty arrays of the notified shape, nothing copied for them.
     COPIES.clear()
@@ -307,17 +308,17 @@ def test_static_engine_keeps_fixed_buffers(make_backend: Any) -> None:
     context = engine.context
     assert context is not None
     assert context.allocators == {}
-    assert set(context.addresses) == {"images", "num_dets", "boxes", "scores"}
+    assert set(context.addresses) == {"images", "num_dets", "boxes", "scores", "labels"}
     count = len(ALLOCATED)
     out = backend.run(_images(1.0))
     assert out["boxes"].shape == (1, 3, 4)
     assert len(ALLOCATED) == count  # nothing allocated per run
-    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 12, 48]
+    assert sorted(n for d, n in COPIES if d == "d2h") == [4, 12, 12, 48]
     backend.close()
 
 
 def test_cuda_graph_is_refused_for_data_dependent_outputs(make_backend: Any) -> None:
-    with pytest.raises(UsageError, match="data-dependent outputs \\(boxes, scores\\).*without cuda_graph"):
+    with pytest.raises(UsageError, match="data-dependent outputs \\(boxes, scores, labels\\).*without cuda_graph"):
         make_backend(FakeEngine(dds=True), cuda_graph=True)
 
 

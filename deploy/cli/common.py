@@ -75,6 +75,36 @@ def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[
         return EXIT_TERMINATED
 
 
+def add_engine_spec_args(parser: argparse.ArgumentParser) -> None:
+    """--spec / --onnx: what an engine built without trt-build (trtexec, Polygraphy) is."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--spec", metavar="SPEC.json", help="for an engine without a sidecar: its model spec "
+                       "(trt-inspect --spec-json writes one)")
+    group.add_argument("--onnx", metavar="MODEL.onnx", help="for an engine without a sidecar: the ONNX it was "
+                       "built from (its stored spec is used)")
+
+
+def engine_spec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Detector.load options from --spec / --onnx; UsageError when they do not apply or cannot be read."""
+    if not (args.spec or args.onnx):
+        return {}
+    from retinanet_trt.runtime.detector import default_backend
+
+    if (args.backend or default_backend(str(args.model))) != "trt":
+        raise UsageError("--spec / --onnx describe a TensorRT engine without a sidecar; give an engine "
+                         "(--backend trt), ONNX files and checkpoints carry their own spec")
+    if args.onnx:
+        return {"onnx": args.onnx}
+    from pathlib import Path
+
+    from retinanet_trt.spec import ModelSpec
+
+    path = Path(args.spec)
+    if not path.is_file():
+        raise UsageError(f"--spec {path} not found; write one with `trt-inspect CHECKPOINT --spec-json {path}`")
+    return {"spec": ModelSpec.from_json(path.read_text())}
+
+
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain fixed-width text table; floats are shown with 4 significant digits."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from retinanet_trt.cli.common import make_parser, run_main
+from retinanet_trt.cli.common import add_engine_spec_args, engine_spec_options, make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
 from retinanet_trt.fileio import check_folder_writable, write_fault
@@ -41,6 +41,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("model", help="an .onnx file, a TensorRT .engine, a checkpoint, or 'demo' (bundled model)")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
+    add_engine_spec_args(p)
     p.add_argument("--out", type=Path, default=Path("out/infer"), help="output folder (default out/infer)")
     p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs, 0..1 (JSON keeps all)")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
@@ -109,7 +110,7 @@ def _main(argv: list[str] | None) -> int:
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
     names = annotated_names(paths)
-    detector = Detector.load(args.model, args.backend)
+    detector = Detector.load(args.model, args.backend, **engine_spec_options(args))
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
     with staged_outputs(args.out) as staging:

@@ -14,6 +14,8 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.spec import ModelSpec
 
 SPEC_KEY = "retinanet_trt.spec"
+# The outputs of an end-to-end graph (plugins/end2end.py), which has no per-level head outputs.
+END2END_OUTPUTS = ("num_dets", "boxes", "scores", "labels")
 INFO_KEY = "retinanet_trt.info"  # JSON: tool version, fixes applied, precision, end2end, ...
 
 
@@ -63,27 +65,40 @@ _HEAD_OUTPUT = re.compile(r"^(cls|box)_p(\d+)$")
 
 
 def check_spec_matches_outputs(spec: ModelSpec, model: onnx.ModelProto, where: str) -> None:
+    """check_head_outputs over an ONNX graph's outputs (dims that are not fixed count as unknown)."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        shapes[out.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    check_head_outputs(spec, shapes, where)
+
+
+def check_head_outputs(spec: ModelSpec, shapes: dict[str, tuple[int | None, ...]], where: str) -> None:
     """The raw head outputs cls_pL (N, A*K, H, W) and box_pL (N, A*4, H, W) must be exactly the
-    spec's levels, with the spec's anchor and class counts where the channel dim is static.
-    End-to-end graphs (num_dets, boxes, ...) have no per-level outputs and are not checked here."""
-    outputs = {o.name: o for o in model.graph.output}
-    heads = {name: m for name in outputs if (m := _HEAD_OUTPUT.match(name))}
+    spec's levels, with the spec's anchor and class counts where the channel dim is known
+    (None or -1: unknown). End-to-end outputs (num_dets, boxes, scores, labels) have no levels.
+    UsageError naming the mismatch: the metadata (or --spec) does not describe this graph."""
+    heads = {name: m for name in shapes if (m := _HEAD_OUTPUT.match(name))}
     if not heads:
-        return
+        if set(END2END_OUTPUTS) <= set(shapes):
+            return
+        raise UsageError(f"{where}: outputs {sorted(shapes)} are neither cls_pL/box_pL per FPN level nor the "
+                         f"end-to-end {', '.join(END2END_OUTPUTS)}; export the model with trt-export")
     levels = sorted({int(m.group(2)) for m in heads.values()})
-    if levels != sorted(spec.levels):
-        raise UsageError(f"{where}: the spec says FPN levels {spec.levels} but the graph has outputs for "
-                         f"{[f'p{lv}' for lv in levels]}; the metadata does not belong to this graph, re-export it")
+    kinds = {(m.group(1), int(m.group(2))) for m in heads.values()}
+    if levels != sorted(spec.levels) or len(kinds) != 2 * len(levels):
+        raise UsageError(f"{where}: the spec says FPN levels {spec.levels} but the graph has outputs "
+                         f"{sorted(heads)}; the spec does not belong to this graph, re-export it or pass its own spec")
     a, k = spec.head.num_anchors, spec.head.num_classes
     for name, m in heads.items():
         want = a * (k if m.group(1) == "cls" else 4)
-        dims = outputs[name].type.tensor_type.shape.dim
-        channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+        dims = shapes[name]
+        channels = dims[1] if len(dims) > 1 and dims[1] is not None and dims[1] >= 0 else None
         if len(dims) != 4 or (channels is not None and channels != want):
             got = f"{channels} channels" if len(dims) == 4 else f"rank {len(dims)}"
             what = f"{a} anchors x {k} classes" if m.group(1) == "cls" else f"{a} anchors x 4"
             raise UsageError(f"{where}: output {name} has {got}, the spec's head needs {want} ({what}); "
-                             "the metadata does not belong to this graph, re-export it")
+                             "the spec does not belong to this graph, re-export it or pass its own spec")
 
 
 def read_info(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any]:

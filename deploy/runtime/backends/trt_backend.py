@@ -153,6 +153,44 @@ def _fits(shape: tuple[int, ...], rng: ShapeRange) -> bool:
     return len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True))
 
 
+def engine_spec(engine: Path, spec: ModelSpec | None, onnx: str | os.PathLike[str] | None
+                ) -> tuple[dict[str, Any] | None, ModelSpec]:
+    """(sidecar or None, spec) of an engine: trt-build's sidecar, or for an engine built elsewhere
+    (trtexec, Polygraphy: no sidecar) the spec given, or the one stored in the ONNX it was built from."""
+    if spec is not None and onnx is not None:
+        raise UsageError("give the engine's spec either as --spec SPEC.json or as --onnx MODEL.onnx, not both")
+    if onnx is not None:
+        from retinanet_trt.export.metadata import load_onnx, read_spec
+
+        spec = read_spec(load_onnx(onnx))
+    has_sidecar = sidecar_path(engine).is_file()
+    if spec is None and not has_sidecar:
+        raise UsageError(
+            f"{engine.name} has no sidecar ({sidecar_path(engine).name}), as engines built by trtexec or Polygraphy "
+            "do not; pass --spec SPEC.json or --onnx MODEL.onnx (the ONNX it was built from)"
+        )
+    sidecar = load_sidecar(engine) if has_sidecar else None
+    if spec is None:
+        assert sidecar is not None
+        try:
+            spec = ModelSpec.from_dict(sidecar["spec"])
+        except (KeyError, UsageError) as exc:
+            raise UsageError(f"{sidecar_path(engine).name}: its spec is missing or invalid ({exc}); "
+                             "rebuild with trt-build or pass --spec / --onnx") from None
+    return sidecar, spec
+
+
+def check_bindings(spec: ModelSpec, image_input: TensorInfo, outputs: Sequence[TensorInfo], where: str) -> None:
+    """One (N, 3, H, W) input and the spec's head outputs (or the end-to-end ones), with the spec's
+    channel counts where the engine fixes them: a wrong --spec fails here, not as wrong boxes."""
+    from retinanet_trt.export.metadata import check_head_outputs
+
+    shape = tuple(image_input.shape)
+    if len(shape) != 4 or shape[1] not in (3, -1):
+        raise UsageError(f"{where}: input {image_input.name} has shape {list(shape)}; this backend feeds (N, 3, H, W) images")
+    check_head_outputs(spec, {t.name: tuple(t.shape) for t in outputs}, where)
+
+
 class TrtBackend:
     """images (N, 3, H, W) float32 -> raw head outputs, from a TensorRT engine built by trt-build."""
 
@@ -166,21 +204,23 @@ class TrtBackend:
         cuda_graph: bool = False,
         plugin_libs: Sequence[str | os.PathLike[str]] = (),
         verbose: bool = False,
+        spec: ModelSpec | None = None,
+        onnx: str | os.PathLike[str] | None = None,
     ) -> None:
         from retinanet_trt import cuda_rt, trt_engine
 
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise UsageError(f"engine {self.path} not found; build one with trt-build")
-        self.sidecar = load_sidecar(self.path)
-        self.spec = ModelSpec.from_dict(self.sidecar["spec"])
+        self.sidecar, self.spec = engine_spec(self.path, spec, onnx)
         ok, why = trt_engine.available()
         if not ok:
             raise UsageError(f"backend trt: {why}")
         cuda_rt.set_device(device)
         self.device = cuda_rt.device_info(device)
-        check_sidecar(self.sidecar, self.path, trt_version=trt_engine.version(), gpu_name=self.device["name"])
-        options = self.sidecar.get("options", {})
+        if self.sidecar is not None:
+            check_sidecar(self.sidecar, self.path, trt_version=trt_engine.version(), gpu_name=self.device["name"])
+        options = (self.sidecar or {}).get("options", {})
         libs = [*options.get("plugin_libs", []), *(os.fspath(p) for p in plugin_libs)]
         self._engine = trt_engine.LoadedEngine(
             self.path.read_bytes(),
@@ -194,6 +234,7 @@ class TrtBackend:
             raise UsageError(f"{self.path.name} has {len(inputs)} inputs; this backend feeds one image batch")
         self._input: TensorInfo = inputs[0]
         self._outputs = [t for t in self._engine.tensors if not t.is_input]
+        check_bindings(self.spec, self._input, self._outputs, self.path.name)
         fixed = self._input.shape
         self.ranges: list[ShapeRange] = (
             self._engine.profile_ranges(self._input.name) if -1 in fixed else [(fixed, fixed, fixed)]
