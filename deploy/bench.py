@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retinanet_trt.errors import UsageError
+from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export.naming import node_group
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.images import LoadedImage, find_images, load_image
@@ -208,6 +208,7 @@ def load_detector(model: str, backend: str, opts: BenchOptions) -> Detector:
         if not ok:
             raise UsageError(f"backend trt is unavailable here: {why}")
     if backend == "torch":
+        require_torch("the torch backend (--backend/--compare torch)")
         if opts.threads:
             import torch
 

@@ -32,7 +32,7 @@ from onnx import helper
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import load_onnx, read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
-from retinanet_trt.model.anchors import cell_anchors, grid_anchors
+from retinanet_trt.runtime.anchors import cell_anchors, grid_anchors
 from retinanet_trt.plugins.graph import FLOAT, INT32, GraphBuilder
 from retinanet_trt.runtime.postprocess import _clip, _to_original, sigmoid
 from retinanet_trt.runtime.types import Detections, ImageMeta
@@ -217,7 +217,7 @@ def _level_candidates(
 def _computed_anchors(b: GraphBuilder, spec: ModelSpec, i: int, cls: str, loc: str, anchor: str,
                       shapes: _Shapes) -> str:
     """Anchors (N, k, 4) of the candidates from the cell anchors and the grid position, as
-    model.anchors builds them: cell + ((x + offset) * stride_x, (y + offset) * stride_y, ...)."""
+    runtime.anchors builds them: cell + ((x + offset) * stride_x, (y + offset) * stride_y, ...)."""
     cell = b.const(cell_anchors(spec, i), np.float32, "cell_anchors")
     cell = b.op("Gather", [cell, anchor], axis=0)  # (N, k, 4)
     if shapes.feature_hws is not None:
@@ -256,7 +256,7 @@ def _sigmoid(b: GraphBuilder, x: str) -> str:
 
 def _decode(b: GraphBuilder, spec: ModelSpec, deltas: str, anchors: str) -> str:
     """deltas (N, M, 4) and anchors (N, M, 4) -> boxes (N, M, 4), the operations of
-    model.box_coder.decode in the same order, so float32 rounding matches."""
+    runtime.box_coder.decode in the same order, so float32 rounding matches."""
     coder = spec.box_coder
     split = b.const([1, 1, 1, 1], np.int64, "split")
     ax1, ay1, ax2, ay2 = b.op("Split", [anchors, split], n_out=4, axis=2)
@@ -418,7 +418,7 @@ def add_end2end(model: onnx.ModelProto, spec: ModelSpec | None = None, nms: str 
     spec: defaults to the one in the model's metadata (pass one to change thresholds, say).
     nms: "onnx" (NonMaxSuppression; runs in ONNX Runtime, INMSLayer in TensorRT) or
     "efficientnms" (an EfficientNMS_TRT plugin node; TensorRT only).
-    anchors: "constant" (a table from model.anchors, needs a fixed input size), "computed"
+    anchors: "constant" (a table from runtime.anchors, needs a fixed input size), "computed"
     (from the cell anchors and the grid position in-graph: any input size), "auto" (constant
     when the input size is fixed).
     """

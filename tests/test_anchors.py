@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinanet_trt.model.anchors import cell_anchors, grid_anchors
+from retinanet_trt.runtime.anchors import cell_anchors, grid_anchors
 from retinanet_trt.presets import get_preset, octave_sizes
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
 

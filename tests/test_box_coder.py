@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from retinanet_trt.model.box_coder import decode, encode
+from retinanet_trt.runtime.box_coder import decode, encode
 from retinanet_trt.spec import BoxCoderSpec
 
 CLAMP = math.log(1000.0 / 16)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from retinanet_trt.model.anchors import grid_anchors
-from retinanet_trt.model.box_coder import decode
+from retinanet_trt.runtime.anchors import grid_anchors
+from retinanet_trt.runtime.box_coder import decode
 from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.postprocess import batched_nms, postprocess
 from retinanet_trt.runtime.types import Detections, ImageMeta

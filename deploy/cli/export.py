@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retinanet_trt.cli.common import format_table, make_parser, run_main
-from retinanet_trt.errors import UsageError
-from retinanet_trt.export.pipeline import DEFAULT_OPSET, ExportOptions, ParityError, export_onnx
+from retinanet_trt.errors import UsageError, require_torch
+from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, write_json_atomic
-from retinanet_trt.model.retinanet import RetinaNet, build_model
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
+    from retinanet_trt.model.retinanet import RetinaNet
 
 # Opset 13 brings the Resize/Pad forms the graph uses; 21 is the newest the exporter and ONNX
 # Runtime here accept for this graph. Larger sides are typos that would exhaust memory first.
@@ -68,6 +71,8 @@ def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
 
 def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-untyped-def]
     """Resolve checkpoint / preset / spec / demo into a spec and a model in eval mode."""
+    from retinanet_trt.model.retinanet import build_model
+
     if args.checkpoint:
         if args.preset or args.spec or args.demo or args.random_init:
             raise UsageError("give either a CHECKPOINT or --preset/--spec/--demo/--random-init, not both")
@@ -124,6 +129,9 @@ def check_export_args(args) -> None:  # type: ignore[no-untyped-def]
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    require_torch("trt-export")
+    from retinanet_trt.export.pipeline import ExportOptions, ParityError, export_onnx
+
     if args.nms and not args.end2end:
         raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
     check_export_args(args)

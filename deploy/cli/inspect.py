@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.errors import require_torch
 from retinanet_trt.fileio import check_outputs, write_bytes_atomic, write_json_atomic
 from retinanet_trt.importers import SOURCES, ImportResult, count_parameters, import_checkpoint
 from retinanet_trt.importers.common import spec_summary
@@ -82,6 +83,7 @@ def describe_spec(spec: ModelSpec) -> list[str]:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    require_torch("trt-inspect")  # checkpoints become torch tensors
     check_outputs({"--json": args.json, "--spec-json": args.spec_json}, {"CHECKPOINT": args.checkpoint})
     result = import_checkpoint(args.checkpoint, source=args.source)
     report = inspect_report(args.checkpoint, result)

@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.export.fold import fold_frozen_norms
 from retinanet_trt.export.metadata import set_metadata
 from retinanet_trt.export.naming import tag_node_names
@@ -27,7 +28,6 @@ from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
-DEFAULT_OPSET = 17
 PARITY_MAX_REL = 1e-4  # the acceptance bound on every output's max_rel against PyTorch
 
 

@@ -9,18 +9,22 @@ spec carrying the framework's own anchors, box coder and pre/post-processing con
 from __future__ import annotations
 
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from retinanet_trt.coco import COCO_IDS, COCO_NAMES
 from retinanet_trt.errors import UsageError
-from retinanet_trt.model.retinanet import RetinaNet, build_model
 from retinanet_trt.spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so `--help` and SOURCES cost no torch import
+    import torch
+
+    from retinanet_trt.model.retinanet import RetinaNet
 
 Target = str | Callable[[re.Match[str]], str]
 
@@ -81,6 +85,8 @@ class ImportResult:
 
     def build_model(self) -> RetinaNet:
         """Our model in eval mode with the imported weights (strict load)."""
+        from retinanet_trt.model.retinanet import build_model
+
         model = build_model(self.spec)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
@@ -111,7 +117,9 @@ def listing(names: Iterable[str], first: int = 5) -> str:
 
 
 def is_tensor(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
+    """An ndarray or a torch.Tensor (which can only exist once torch is imported)."""
+    torch_mod = sys.modules.get("torch")
+    return isinstance(value, np.ndarray) or (torch_mod is not None and isinstance(value, torch_mod.Tensor))
 
 
 def shape_of(value: Any) -> tuple[int, ...]:
@@ -221,6 +229,10 @@ def set_coco_labels(spec: ModelSpec, first_label: int) -> None:
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Our model's state-dict key -> shape, built on the meta device (no memory, no init cost)."""
+    import torch
+
+    from retinanet_trt.model.retinanet import RetinaNet
+
     with torch.device("meta"):
         model = RetinaNet(spec)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -228,6 +240,10 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 def count_parameters(spec: ModelSpec) -> tuple[int, int]:
     """(learned parameters: conv/GN weights and biases, frozen-norm buffers) of build_model(spec)."""
+    import torch
+
+    from retinanet_trt.model.retinanet import RetinaNet
+
     with torch.device("meta"):
         model = RetinaNet(spec)
     return sum(p.numel() for p in model.parameters()), sum(b.numel() for b in model.buffers())
@@ -235,6 +251,8 @@ def count_parameters(spec: ModelSpec) -> tuple[int, int]:
 
 def to_float_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A contiguous float32 CPU copy (pickled arrays are read-only; fp16 checkpoints widen)."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float32).contiguous().clone()
     return torch.from_numpy(np.array(value, dtype=np.float32, copy=True))
@@ -320,7 +338,7 @@ class Importer:
                 f"checkpoint does not fit {self.title} {spec_summary(spec)} ({len(tensors)} keys): " + "; ".join(parts)
             )
         state_dict = {k: to_float_tensor(mapped[k]) for k in expected}
-        nonfinite = [origin.get(k, k) for k, t in state_dict.items() if not bool(torch.isfinite(t).all())]
+        nonfinite = [origin.get(k, k) for k, t in state_dict.items() if not bool(t.isfinite().all())]
         if nonfinite:  # a damaged or diverged checkpoint: every output would be NaN
             raise UsageError(f"{len(nonfinite)} tensors hold NaN or Inf: {listing(nonfinite)}")
         summary = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
+import numpy as np
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture, set_coco_labels
 from retinanet_trt.presets import retinanet_r50_fpn
@@ -67,8 +67,8 @@ class Detectron2Importer(Importer):
             prefix = key[: -len("weight")]
             if prefix + "running_mean" not in mapped and prefix + "running_var" not in mapped:
                 n = mapped[key].shape[0]
-                mapped[prefix + "running_mean"] = torch.zeros(n)
-                mapped[prefix + "running_var"] = torch.ones(n)
+                mapped[prefix + "running_mean"] = np.zeros(n, dtype=np.float32)
+                mapped[prefix + "running_var"] = np.ones(n, dtype=np.float32)
                 filled += 1
         if filled:
             notes.append(f"{filled} FrozenBN layers had no running statistics: filled mean 0, var 1 as detectron2 does")

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from retinanet_trt.errors import UsageError
 
@@ -132,6 +131,8 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
 
 
 def _torch_load(p: Path) -> Any:
+    import torch  # here: reading a pickle checkpoint (Detectron, detectron2 .pkl) needs no torch
+
     try:
         with torch.serialization.safe_globals(_TORCH_EXTRA_GLOBALS):
             return torch.load(p, map_location="cpu", weights_only=True)

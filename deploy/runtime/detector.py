@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.errors import UsageError
+from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.runtime.backends.base import Backend
 from retinanet_trt.runtime.images import ImageInput
 from retinanet_trt.runtime.postprocess import postprocess
@@ -32,6 +32,7 @@ def default_backend(model: str) -> str:
 
 
 def _load_torch(model: str, source: str = "auto") -> Backend:
+    require_torch("the torch backend")
     from retinanet_trt.model import build_model
     from retinanet_trt.runtime.backends.torch_backend import TorchBackend
 
