@@ -60,17 +60,19 @@ def ensure_env() -> None:
 
 
 def refresh_lock() -> int:
-    """Re-resolve pyproject.toml's dependencies (with the dev extra) and torch into requirements.lock."""
+    """Re-resolve pyproject.toml's dependencies (with the dev, cpu and export extras) and torch into
+    requirements.lock: everything the tests need. Not `gpu`: onnxruntime-gpu and onnxruntime both
+    provide the module `onnxruntime` and cannot share one environment."""
     _create_venv()
     _pip(PIP_TOOLS)
-    cmd = [str(PY), "-m", "piptools", "compile", "--quiet", "--extra", "dev", "--strip-extras",
+    cmd = [str(PY), "-m", "piptools", "compile", "--quiet", "--extra", "dev", "--extra", "cpu", "--extra", "export", "--strip-extras",
            "--no-emit-index-url", "--no-emit-find-links", "--no-header", "--output-file", str(LOCK),
            "pyproject.toml", "-"]
     subprocess.run(cmd, cwd=ROOT, input=f"{TORCH}\n", text=True, check=True)
     # The CPU wheel resolves as 2.13.0+cpu; the plain pin takes it where it lies on disk and the
     # CUDA build elsewhere, as `pip install torch==2.13.0` does.
     lines = [f"{TORCH}\n" if line.startswith("torch==") else line for line in LOCK.read_text().splitlines(True)]
-    header = "# Exact versions of every dependency (pyproject.toml [dev] + torch), made by `python3 run.py lock`.\n"
+    header = "# Exact versions of every dependency (pyproject.toml [dev,cpu,export] + torch), made by `python3 run.py lock`.\n"
     LOCK.write_text(header + "".join(lines))
     print(f"wrote {LOCK.name}; run `python3 run.py test`, then commit it", flush=True)
     return 0

@@ -26,17 +26,46 @@ def _locked() -> dict[str, str]:
     return pins
 
 
+# onnxruntime-gpu (the `gpu` extra) provides the same module as onnxruntime (`cpu`), so one
+# environment, and so one lock, can hold only one of them: the lock holds the CPU build the tests
+# run, and the GPU one is installed from the extra on a GPU host.
+UNLOCKABLE = {"onnxruntime-gpu"}
+ORT_DISTRIBUTIONS = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def _declared() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    """The base dependencies and every extra's (the lock resolves them together, run.py lock)."""
+    project = _project()
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    return [Requirement(r) for r in reqs]
 
 
 def test_every_declared_dependency_is_locked_within_its_range() -> None:
     pins = _locked()
     for req in _declared():
         name = canonicalize_name(req.name)
+        if name in UNLOCKABLE:
+            continue
         assert name in pins, f"{req.name} is in pyproject.toml but not in requirements.lock: run `python3 run.py lock`"
         assert req.specifier.contains(pins[name], prereleases=True), f"lock pins {name}=={pins[name]} outside {req}"
+
+
+def test_one_onnxruntime_per_install() -> None:
+    """The base install has no ONNX Runtime and no torch; each extra brings at most one ORT."""
+    project = _project()
+    base = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    assert not base & (ORT_DISTRIBUTIONS | {"torch"}), base
+    for extra, reqs in project["optional-dependencies"].items():
+        names = {canonicalize_name(Requirement(r).name) for r in reqs}
+        assert len(names & ORT_DISTRIBUTIONS) <= 1, f"extra {extra} lists both {sorted(ORT_DISTRIBUTIONS)}"
+        assert "torch" not in names, f"extra {extra}: torch is installed on its own (run.py pins it)"
+    assert not _locked().keys() & UNLOCKABLE
 
 
 def test_torch_is_pinned_as_run_py_installs_it() -> None:
