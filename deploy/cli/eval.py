@@ -6,11 +6,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.cli.common import add_engine_spec_args, engine_spec_options, format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
-from retinanet_trt.runtime.detector import BACKENDS, Detector
+from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, ARITHMETIC_LABELS
+from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
 
 EXAMPLES = """\
   trt-eval demo --demo --demo-images 200 --seed 1
@@ -28,6 +29,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--demo-images", type=int, default=200, help="images in the generated split (default 200)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated split (default 1)")
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
+    add_engine_spec_args(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--json", type=Path, help="write the stats as JSON here")
     return p
@@ -38,6 +40,15 @@ def print_stats(stats: dict, title: str) -> None:
     print(format_table(["metric", "value"], [[k, stats[k]] for k in STAT_NAMES]))
     if stats.get("per_category"):
         print(format_table(["category", "AP"], [[k, v] for k, v in stats["per_category"].items()]))
+
+
+def _is_int8_onnx(model: str) -> bool:
+    """An ONNX file trt-calib quantized (Q/DQ nodes), by the precision in its metadata."""
+    if not (model.endswith(".onnx") and Path(model).is_file()):
+        return False
+    from retinanet_trt.export.metadata import read_info
+
+    return read_info(model).get("precision") == "int8"
 
 
 def _main(argv: list[str] | None) -> int:
@@ -51,7 +62,12 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"--max-images {args.max_images}: give at least 1 (or leave it out for all images)")
     if args.demo and args.demo_images < 1:
         raise UsageError(f"--demo-images {args.demo_images}: must be at least 1")
-    detector = Detector.load(args.model, args.backend)
+    backend = args.backend or default_backend(str(args.model))
+    # On the CPU, ORT's default optimisations fuse Q/DQ into integer kernels whose results depend on
+    # the CPU; an INT8 file is scored with Q/DQ as written instead (the arithmetic trt-calib uses).
+    simulated = backend in ("ort-cpu", "onnxruntime") and _is_int8_onnx(str(args.model))
+    detector = Detector.load(args.model, backend, **({"arithmetic": ACCURACY_ARITHMETIC} if simulated else {}),
+                             **engine_spec_options(args))
     with tempfile.TemporaryDirectory(prefix="retinanet_trt_demo_") as tmp:
         if args.demo:
             from retinanet_trt.demo.synthetic import generate_dataset
@@ -63,6 +79,8 @@ def _main(argv: list[str] | None) -> int:
             if not images.is_dir():
                 raise UsageError(f"--images {images} is not a folder")
         stats = evaluate(detector, images, annotations, max_images=args.max_images)
+    if simulated:
+        stats["arithmetic"] = ARITHMETIC_LABELS[ACCURACY_ARITHMETIC]
     stats.update(model=str(args.model), backend=detector.backend.name,
                  dataset={"demo": args.demo, "images": args.demo_images if args.demo else stats["num_images"],
                           "seed": args.seed if args.demo else None})

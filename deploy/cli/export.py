@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ EXAMPLES = """\
   trt-export model_final.pkl --source detectron2 --input-size 800 1344 -o d2.onnx
   trt-export --spec my_spec.json --random-init --seed 3 --input-size 256 320 -o custom.onnx
   trt-export --demo --end2end -o demo_e2e.onnx
+  trt-export model_final.pth --spec overrides.json --class-names names.txt --set postprocess.nms_iou=0.6 -o m.onnx
 """
 
 
@@ -45,6 +47,13 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init and the parity input")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="network input size (default: the spec's resize, padded to 32)")
+    p.add_argument("--resize", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="resize the short side to MIN, the long side to at most MAX")
+    p.add_argument("--resize-fixed", type=int, nargs=2, metavar=("H", "W"), help="stretch every image to H x W")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one spec field, e.g. --set postprocess.score_thresh=[0.3,0.3,0.3,0.3,0.3]")
+    p.add_argument("--class-names", type=Path, metavar="FILE",
+                   help="class names: one per line, or a COCO json's categories (their ids become the labels)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
@@ -69,35 +78,90 @@ def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
     return (-(-h // 32) * 32, -(-w // 32) * 32)
 
 
+# Spec sections the weights fix: an override may not change them for a checkpoint or the demo.
+ARCHITECTURE = ("backbone", "fpn", "head")
+
+
+def _spec_file(path: Path) -> dict:  # type: ignore[type-arg]
+    if not path.is_file():
+        raise UsageError(f"spec file {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"spec file {path} is not valid JSON ({exc}); write one with trt-inspect --spec-json") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"spec file {path} must hold a JSON object with backbone/fpn/head/... fields")
+    return data
+
+
+def _overrides(args, base: ModelSpec, input_hw: tuple[int, int] | None) -> tuple[list, str | None]:  # type: ignore[no-untyped-def,type-arg]
+    """(label, partial spec) pairs from the command line, in the order they apply, and a note when
+    a resize that fits the fixed input size was chosen for the user."""
+    from retinanet_trt import spec_overrides as so
+
+    items: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    if args.checkpoint and args.spec:
+        items.append((f"--spec {args.spec}", _spec_file(args.spec)))
+    if args.resize:
+        lo, hi = args.resize
+        items.append(("--resize", {"preprocess": {"resize": "shortest_edge", "min_size": lo, "max_size": hi}}))
+    if args.resize_fixed:
+        items.append(("--resize-fixed", {"preprocess": {"resize": "fixed", "fixed_size": list(args.resize_fixed)}}))
+    items += [(f"--set {item}", so.parse_set(item)) for item in args.set]
+    if args.class_names:
+        items.append((f"--class-names {args.class_names}", so.class_name_override(args.class_names, base.head.num_classes)))
+    note = None
+    chose_resize = any("preprocess" in o and ({"resize", "min_size", "max_size", "fixed_size"} & set(o["preprocess"]))
+                       for _, o in items)
+    if input_hw is not None and not args.dynamic and not chose_resize:
+        fitted = so.fitting_resize(so.apply_overrides(base, items), input_hw)
+        if fitted:
+            pre = fitted["preprocess"]
+            items.append(("--input-size", fitted))
+            note = (f"resize set to shortest edge {pre['min_size']}, longest at most {pre['max_size']} to fit the "
+                    f"{input_hw[0]}x{input_hw[1]} input (choose another with --resize or --resize-fixed)")
+    return items, note
+
+
 def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-untyped-def]
-    """Resolve checkpoint / preset / spec / demo into a spec and a model in eval mode."""
+    """Resolve checkpoint / preset / spec / demo into a spec and a model in eval mode, with the
+    command line's overrides applied to the spec."""
     from retinanet_trt.model.retinanet import build_model
+    from retinanet_trt.spec_overrides import apply_overrides
 
-    if args.checkpoint:
-        if args.preset or args.spec or args.demo or args.random_init:
-            raise UsageError("give either a CHECKPOINT or --preset/--spec/--demo/--random-init, not both")
-        from retinanet_trt.importers import import_checkpoint
+    input_hw = tuple(args.input_size) if args.input_size else None
+    if args.checkpoint or args.demo:
+        if args.checkpoint and (args.preset or args.demo or args.random_init):
+            raise UsageError("give either a CHECKPOINT or --preset/--demo/--random-init, not both "
+                             "(--spec with a CHECKPOINT overrides parts of its spec)")
+        if args.checkpoint:
+            from retinanet_trt.importers import import_checkpoint
 
-        result = import_checkpoint(args.checkpoint, source=args.source)
-        model = build_model(result.spec)
-        model.load_state_dict(result.state_dict, strict=True)
-        return result.spec, model.eval(), {"checkpoint": str(args.checkpoint), "source": result.source}
-    if args.demo:
-        from retinanet_trt.demo import load_demo
+            result = import_checkpoint(args.checkpoint, source=args.source)
+            spec = result.spec
+            model = build_model(spec)
+            model.load_state_dict(result.state_dict, strict=True)
+            info = {"checkpoint": str(args.checkpoint), "source": result.source}
+        else:
+            from retinanet_trt.demo import load_demo
 
-        spec, model = load_demo()
-        return spec, model, {"checkpoint": "bundled demo"}
+            spec, model = load_demo()
+            info = {"checkpoint": "bundled demo"}
+        items, note = _overrides(args, spec, input_hw)  # type: ignore[arg-type]
+        new = apply_overrides(spec, items, fixed=ARCHITECTURE) if items else spec
+        return new, model.eval(), {**info, **({"resize_note": note} if note else {})}
     if args.preset:
         spec = get_preset(args.preset)
     elif args.spec:
-        if not args.spec.is_file():
-            raise UsageError(f"spec file {args.spec} not found")
-        spec = ModelSpec.from_json(args.spec.read_text())
+        spec = ModelSpec.from_dict(_spec_file(args.spec))
     else:
         raise UsageError("nothing to export: give a CHECKPOINT, --demo, or --preset/--spec with --random-init")
     if not args.random_init:
         raise UsageError(f"--preset/--spec builds an untrained {spec.name}; add --random-init to export it anyway")
-    return spec, build_model(spec, seed=args.seed), {"random_init_seed": args.seed}
+    items, note = _overrides(args, spec, input_hw)  # type: ignore[arg-type]
+    spec = apply_overrides(spec, items) if items else spec
+    return spec, build_model(spec, seed=args.seed), {"random_init_seed": args.seed,
+                                                      **({"resize_note": note} if note else {})}
 
 
 def print_report(report: dict, quiet: bool) -> None:
@@ -125,6 +189,8 @@ def check_export_args(args) -> None:  # type: ignore[no-untyped-def]
         raise UsageError(f"--input-size {h} {w}: each side must be between 32 and {MAX_INPUT_SIDE} pixels")
     if not 1 <= args.batch <= MAX_BATCH:
         raise UsageError(f"--batch {args.batch}: must be between 1 and {MAX_BATCH}")
+    if args.resize and args.resize_fixed:
+        raise UsageError("--resize and --resize-fixed are two resizes; give one")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -136,7 +202,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
     check_export_args(args)
     check_outputs({"-o": args.output, "--report": args.report},
-                  {"CHECKPOINT": args.checkpoint, "--spec": args.spec})
+                  {"CHECKPOINT": args.checkpoint, "--spec": args.spec, "--class-names": args.class_names})
     spec, model, info = load_model(args)
     input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
     opts = ExportOptions(input_hw=input_hw, batch=args.batch, dynamic=args.dynamic, opset=args.opset,  # type: ignore[arg-type]
@@ -153,6 +219,9 @@ def _main(argv: list[str] | None) -> int:
         from retinanet_trt.plugins.end2end import end2end_file
 
         report["end2end"] = end2end_file(args.output, args.output, nms=args.nms or "onnx", check_seed=args.seed)
+    if info.get("resize_note"):
+        report["resize_chosen"] = info["resize_note"]
+        print(f"trt-export: {info['resize_note']}")
     if args.report:
         write_json_atomic(args.report, report)
     print_report(report, args.quiet)

@@ -1,7 +1,13 @@
 """Detector: one API over every backend, with the shared NumPy pre- and post-process.
 
-    det = Detector.load("model.onnx", backend="ort-cpu")     # or "demo", a checkpoint, an .engine
-    results = det(["a.jpg", pil_image, numpy_array])          # list[Detections], original pixels
+    from retinanet_trt import Detector
+
+    with Detector.load("model.onnx", backend="ort-cpu", score_threshold=0.3) as det:
+        dets = det("a.jpg")                                   # one image -> one Detections
+        results = det(["a.jpg", pil_image, hwc_array])        # a list -> list[Detections]
+
+Models: an ONNX file, a TensorRT engine (with trt-build's sidecar, or `spec=` / `onnx=` for one
+built by trtexec or Polygraphy), a framework checkpoint, or "demo".
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
+
+import numpy as np
+from PIL import Image
 
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.runtime.backends.base import Backend
-from retinanet_trt.runtime.images import ImageInput
+from retinanet_trt.runtime.images import ImageInput, LoadedImage
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import Batch, Detections
@@ -52,16 +61,26 @@ def _load_torch(model: str, source: str = "auto") -> Backend:
 
 
 class Detector:
-    """images -> list[Detections]; `last_times_ms` holds the time per stage of the last call."""
+    """images -> Detections; `last_times_ms` holds the time per stage of the last call.
 
-    def __init__(self, backend: Backend) -> None:
+    score_threshold drops final detections scoring at or below it (the spec's own per-level
+    thresholds still apply before NMS); a call can pass its own.
+    """
+
+    def __init__(self, backend: Backend, score_threshold: float | None = None) -> None:
         self.backend = backend
         self.spec: ModelSpec = backend.spec
+        self.score_threshold = _check_threshold(score_threshold)
         self.last_times_ms: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, model: str | os.PathLike[str], backend: str | None = None, **options: Any) -> Detector:
-        """model: an ONNX file, a TensorRT .engine, a framework checkpoint, or 'demo'."""
+    def load(cls, model: str | os.PathLike[str], backend: str | None = None, *,
+             score_threshold: float | None = None, **options: Any) -> Detector:
+        """model: an ONNX file, a TensorRT engine, a framework checkpoint, or 'demo'.
+
+        options go to the backend: threads (ORT), device / cuda_graph / plugin_libs and, for an
+        engine without a sidecar, spec (a ModelSpec) or onnx (the ONNX it was built from) (trt).
+        """
         model = os.fspath(model)
         backend = backend or default_backend(model)
         if backend == "onnxruntime":
@@ -71,16 +90,19 @@ class Detector:
         if model != "demo" and not Path(model).exists():
             raise UsageError(f"model {model} not found; give an .onnx, an .engine, a checkpoint or 'demo'")
         if backend == "torch":
-            return cls(_load_torch(model, options.get("source", "auto")))
+            return cls(_load_torch(model, options.get("source", "auto")), score_threshold)
         if backend == "trt":
+            if model.endswith(".onnx") or model == "demo" or model.endswith(CHECKPOINT_SUFFIXES):
+                raise UsageError(f"backend trt runs a TensorRT engine, not {model}; build one with "
+                                 f"`trt-build {model}`, or use --backend ort-cpu / ort-trt for an ONNX file")
             from retinanet_trt.runtime.backends.trt_backend import TrtBackend
 
-            return cls(TrtBackend(model, **options))
+            return cls(TrtBackend(model, **options), score_threshold)
         if not model.endswith(".onnx"):
             raise UsageError(f"backend {backend} needs an .onnx file, got {model}")
         from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 
-        return cls(OrtBackend(model, backend, **options))
+        return cls(OrtBackend(model, backend, **options), score_threshold)
 
     @property
     def fixed_input_hw(self) -> tuple[int, int] | None:
@@ -89,7 +111,7 @@ class Detector:
     def prepare(self, images: Sequence[ImageInput]) -> Batch:
         return preprocess(images, self.spec, input_hw=self.fixed_input_hw)
 
-    def detect_batch(self, batch: Batch) -> list[Detections]:
+    def detect_batch(self, batch: Batch, score_threshold: float | None = None) -> list[Detections]:
         """Run the backend and the post-process on an already preprocessed batch."""
         outputs = self.backend.run(batch.images)
         t0 = time.perf_counter()
@@ -100,6 +122,9 @@ class Detector:
             detections = detections_from_end2end(outputs, self.spec, batch.metas)
         else:
             detections = postprocess(outputs, self.spec, batch.metas, level_times_ms=level_ms)
+        threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
+        if threshold is not None:
+            detections = [_above(d, threshold) for d in detections]
         times = self.backend.last_times
         self.last_times_ms.update(
             h2d=times.h2d_ms, compute=times.compute_ms, d2h=times.d2h_ms,
@@ -107,11 +132,54 @@ class Detector:
         )
         return detections
 
-    def __call__(self, images: Sequence[ImageInput]) -> list[Detections]:
+    @overload
+    def __call__(self, images: Sequence[ImageInput], score_threshold: float | None = None) -> list[Detections]: ...
+
+    @overload
+    def __call__(self, images: ImageInput, score_threshold: float | None = None) -> Detections: ...
+
+    def __call__(self, images: Any, score_threshold: float | None = None) -> Any:
+        """One image (a path, a PIL image, an (H, W[, C]) array) -> Detections; a list (or an
+        (N, H, W, C) array) -> list[Detections], in input order."""
+        single = _is_single_image(images)
+        batch_in: Sequence[ImageInput] = [images] if single else list(images)
         t0 = time.perf_counter()
-        batch = self.prepare(images)
+        batch = self.prepare(batch_in)
         self.last_times_ms = {"preprocess": (time.perf_counter() - t0) * 1e3}
-        return self.detect_batch(batch)
+        detections = self.detect_batch(batch, score_threshold)
+        return detections[0] if single else detections
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run a blank image through the whole pipeline (first runs allocate and tune)."""
+        hw = self.fixed_input_hw or (self.spec.preprocess.min_size, self.spec.preprocess.min_size)
+        blank = np.zeros((*hw, 3), np.uint8)
+        for _ in range(max(1, iterations)):
+            self(blank)
 
     def close(self) -> None:
+        """Free the backend's sessions, engines and buffers."""
         self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_single_image(images: Any) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)  # (H, W) or (H, W, C); (N, H, W, C) is a batch
+    return isinstance(images, (str, os.PathLike, Image.Image, LoadedImage))
+
+
+def _check_threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= float(value) <= 1.0:
+        raise UsageError(f"score_threshold {value}: scores are between 0 and 1")
+    return None if value is None else float(value)
+
+
+def _above(dets: Detections, threshold: float) -> Detections:
+    keep = dets.scores > threshold
+    return Detections(dets.boxes[keep], dets.scores[keep], dets.labels[keep],
+                      [n for n, k in zip(dets.names, keep.tolist(), strict=True) if k])
