@@ -26,6 +26,7 @@ TORCH_FREE_MODULES = [
     "retinanet_trt", "retinanet_trt.spec", "retinanet_trt.presets", "retinanet_trt.bench", "retinanet_trt.evaluate",
     "retinanet_trt.build", "retinanet_trt.trt_engine", "retinanet_trt.cuda_rt", "retinanet_trt.versions",
     "retinanet_trt.fileio", "retinanet_trt.export.metadata", "retinanet_trt.export.naming",
+    "retinanet_trt.demo.synthetic",  # trt-eval --demo and the calibration sets render it
 ]
 # Every console script: its module must import without torch, and --help must work.
 COMMANDS = {
