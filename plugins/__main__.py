@@ -8,6 +8,7 @@ Precision conversions belong on the plain model: converted afterwards, the post-
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from retinanet_trt.plugins.end2end import ANCHOR_MODES, NMS_KINDS, end2end_file
 
 EXAMPLES = """\
   python -m retinanet_trt.plugins demo.onnx -o demo_e2e.onnx
-  python -m retinanet_trt.plugins r50.int8.onnx -o r50.int8.e2e.onnx --nms efficientnms --report e2e.json
+  python -m retinanet_trt.plugins r50.int8.onnx -o r50.int8.e2e.onnx --nms efficientnms --json e2e.json
 """
 
 
@@ -29,12 +30,13 @@ def _main(argv: list[str] | None) -> int:
                    help="NonMaxSuppression (default; ONNX Runtime and TensorRT) or EfficientNMS_TRT (TensorRT only)")
     p.add_argument("--anchors", choices=ANCHOR_MODES, default="auto",
                    help="constant table (fixed input size), computed in-graph (any size), or auto")
-    p.add_argument("--report", type=Path, help="write the report (conventions, check) as JSON here")
+    p.add_argument("--json", type=Path, help="write the report (conventions, check) as JSON here")
+    p.add_argument("--report", type=Path, dest="json", help=argparse.SUPPRESS)  # the old name, for one release
     args = p.parse_args(argv)
-    check_outputs({"-o": args.output, "--report": args.report}, {"MODEL": args.model})
+    check_outputs({"-o": args.output, "--json": args.json}, {"MODEL": args.model})
     report = end2end_file(args.model, args.output, nms=args.nms, anchors=args.anchors)
-    if args.report:
-        write_json_atomic(args.report, report)
+    if args.json:
+        write_json_atomic(args.json, report)
     inexact = ", ".join(c["name"] for c in report["conventions"] if not c["exact"])
     check = report["check"]
     verdict = check.get("note") or f"same {check['detections']} detections as the NumPy post-process (random input)"

@@ -8,6 +8,7 @@ calib/ is present) -> report (table + out/demo/report.json).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.backends.torch_backend import TorchBackend
 from retinanet_trt.runtime.detector import Detector
 
-EXAMPLES = "  python3 run.py demo\n  python3 run.py demo --val-images 200 --out out/demo\n"
+EXAMPLES = "  python3 run.py demo\n  python3 run.py demo --val-images 200 -o out/demo\n"
 
 
 def _step(name: str) -> float:
@@ -32,7 +33,9 @@ def _step(name: str) -> float:
 
 def _main(argv: list[str] | None) -> int:
     p = make_parser("retinanet-trt demo", __doc__ or "", EXAMPLES)
-    p.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for every artifact (default out/demo)")
+    p.add_argument("-o", "--output", type=Path, dest="out", default=Path("out/demo"),
+                   help="folder for every artifact (default out/demo)")
+    p.add_argument("--out", type=Path, dest="out", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--val-images", type=int, default=100, help="images in the generated val split (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated val split")
     p.add_argument("--skip-precision", action="store_true", help="skip the FP16/INT8 step")
@@ -61,12 +64,13 @@ def _main(argv: list[str] | None) -> int:
     from retinanet_trt.cli import infer as infer_cli
 
     images = sorted((annotations.parent / "val").glob("*.png"))[:4]
-    infer_cli.main([str(onnx_path), *map(str, images), "--out", str(args.out / "infer")])
+    infer_cli.main([str(onnx_path), *map(str, images), "-o", str(args.out / "infer")])
     report["steps_s"]["infer"] = time.perf_counter() - t0
 
     t0 = _step("evaluate COCO AP with the torch and ONNX Runtime backends")
     detectors = {"torch": Detector(TorchBackend(model, spec)), "ort-cpu": Detector(OrtBackend(onnx_path, "ort-cpu"))}
-    ap = {name: evaluate(det, annotations.parent, annotations) for name, det in detectors.items()}
+    ap = {name: evaluate(det, annotations.parent, annotations, progress=sys.stderr.isatty())
+          for name, det in detectors.items()}
     rows = [[name, s["AP"], s["AP50"], s["AP75"], s["APs"], s["APm"], s["APl"]] for name, s in ap.items()]
     print(format_table(["backend", "AP", "AP50", "AP75", "APs", "APm", "APl"], rows))
     report["map"] = {name: {k: s[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for name, s in ap.items()}

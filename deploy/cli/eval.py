@@ -6,7 +6,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from retinanet_trt.cli.common import add_engine_spec_args, engine_spec_options, format_table, make_parser, run_main
+from retinanet_trt.cli.common import (
+    add_engine_spec_args,
+    add_progress_arg,
+    engine_spec_options,
+    format_table,
+    make_parser,
+    run_main,
+    show_progress,
+)
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
@@ -32,6 +40,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     add_engine_spec_args(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--json", type=Path, help="write the stats as JSON here")
+    add_progress_arg(p)
     return p
 
 
@@ -78,7 +87,7 @@ def _main(argv: list[str] | None) -> int:
             annotations, images = args.annotations, args.images
             if not images.is_dir():
                 raise UsageError(f"--images {images} is not a folder")
-        stats = evaluate(detector, images, annotations, max_images=args.max_images)
+        stats = evaluate(detector, images, annotations, max_images=args.max_images, progress=show_progress(args))
     if simulated:
         stats["arithmetic"] = ARITHMETIC_LABELS[ACCURACY_ARITHMETIC]
     stats.update(model=str(args.model), backend=detector.backend.name,

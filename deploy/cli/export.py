@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.cli.common import format_mapping, format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, write_json_atomic
@@ -25,7 +26,7 @@ MAX_BATCH = 256
 
 EXAMPLES = """\
   trt-export --demo -o demo.onnx
-  trt-export --preset retinanet_r50_fpn --random-init --input-size 480 640 -o m.onnx --report r.json
+  trt-export --preset retinanet_r50_fpn --random-init --input-size 480 640 -o m.onnx --json r.json
   trt-export --preset r50_fpn1024_1class --random-init --input-size 480 640 --dynamic -o text.onnx
   trt-export model_final.pkl --source detectron2 --input-size 800 1344 -o d2.onnx
   trt-export --spec my_spec.json --random-init --seed 3 --input-size 256 320 -o custom.onnx
@@ -63,7 +64,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--nms", choices=["onnx", "efficientnms"], help="with --end2end: ONNX NonMaxSuppression "
                    "(default; ONNX Runtime and TensorRT) or the EfficientNMS_TRT plugin (TensorRT only)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx path")
-    p.add_argument("--report", type=Path, help="write the parity report as JSON here")
+    p.add_argument("--json", type=Path, help="write the parity report as JSON here")
+    p.add_argument("--report", type=Path, dest="json", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
 
@@ -173,8 +175,8 @@ def print_report(report: dict, quiet: bool) -> None:
             print(format_table(["output", "max_abs", "max_rel", "sqnr_db"], rows))
         ops = ", ".join(f"{k} {v}" for k, v in report["op_counts"].items())
         print(f"ops: {ops}")
-        print(f"fixes: {report['fixes']}")
-        print(f"times (s): {report['times_s']}  peak RSS {report['peak_rss_mb']} MB")
+        print(f"fixes: {format_mapping(report['fixes']) if isinstance(report['fixes'], dict) else report['fixes']}")
+        print(f"times (s): {format_mapping(report['times_s'])}; peak RSS {report['peak_rss_mb']} MB")
     verdict = "PASS" if report["passed"] else "FAIL"
     print(f"{verdict}: {report['output']} worst max_rel {report['worst_max_rel']:.3g} ({report['worst_output']}), "
           f"tolerance {report['parity_tolerance']:.0e}")
@@ -201,7 +203,7 @@ def _main(argv: list[str] | None) -> int:
     if args.nms and not args.end2end:
         raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
     check_export_args(args)
-    check_outputs({"-o": args.output, "--report": args.report},
+    check_outputs({"-o": args.output, "--json": args.json},
                   {"CHECKPOINT": args.checkpoint, "--spec": args.spec, "--class-names": args.class_names})
     spec, model, info = load_model(args)
     input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
@@ -210,8 +212,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         report = export_onnx(model, spec, args.output, opts)
     except ParityError as exc:
-        if args.report:
-            write_json_atomic(args.report, exc.report)
+        if args.json:
+            write_json_atomic(args.json, exc.report)
         print_report(exc.report, args.quiet)
         print(f"trt-export: error: {exc}", file=sys.stderr)
         return 1
@@ -222,8 +224,8 @@ def _main(argv: list[str] | None) -> int:
     if info.get("resize_note"):
         report["resize_chosen"] = info["resize_note"]
         print(f"trt-export: {info['resize_note']}")
-    if args.report:
-        write_json_atomic(args.report, report)
+    if args.json:
+        write_json_atomic(args.json, report)
     print_report(report, args.quiet)
     if args.end2end:
         e2e, check = report["end2end"], report["end2end"]["check"]

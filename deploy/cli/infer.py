@@ -1,12 +1,13 @@
 """trt-infer: detections for images or folders, as COCO-results JSON and annotated PNGs.
 
-Outputs are staged in a hidden folder beside --out and moved into place only when the whole run
+Outputs are staged in a hidden folder beside -o and moved into place only when the whole run
 has succeeded, so a full disk, Ctrl-C or SIGTERM leaves neither PNGs without their
 detections.json nor a detections.json of `[]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -18,7 +19,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from retinanet_trt.cli.common import add_engine_spec_args, engine_spec_options, make_parser, run_main
+from retinanet_trt.cli.common import (
+    add_engine_spec_args,
+    add_progress_arg,
+    engine_spec_options,
+    make_parser,
+    run_main,
+    show_progress,
+)
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
 from retinanet_trt.fileio import check_folder_writable, write_fault
@@ -27,9 +35,10 @@ from retinanet_trt.runtime.draw import draw_detections
 from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
 
 EXAMPLES = """\
-  trt-infer demo photos/ --out out/infer
-  trt-infer model.onnx street.jpg --backend ort-cpu --out out/
-  trt-infer model.engine images/ --backend trt --out out/ --no-draw
+  trt-infer demo photos/ -o out/infer
+  trt-infer model.onnx street.jpg --backend ort-cpu -o out/
+  trt-infer model.engine images/ --backend trt -o out/ --no-draw
+  trt-infer trtexec_built.engine images/ --onnx model.onnx -o out/
 """
 RESULTS = "detections.json"
 ANNOTATED_SUFFIX = ".det.png"
@@ -37,33 +46,35 @@ ANNOTATED_SUFFIX = ".det.png"
 
 def build_parser():  # type: ignore[no-untyped-def]
     p = make_parser("trt-infer", "Detect objects in images; write detections.json (COCO results, original-image "
-                    "pixels, with file_name and the annotated PNG) and annotated PNGs into --out.", EXAMPLES)
+                    "pixels, with file_name and the annotated PNG) and annotated PNGs into -o (--output).", EXAMPLES)
     p.add_argument("model", help="an .onnx file, a TensorRT .engine, a checkpoint, or 'demo' (bundled model)")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
     add_engine_spec_args(p)
-    p.add_argument("--out", type=Path, default=Path("out/infer"), help="output folder (default out/infer)")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/infer"), help="output folder (default out/infer)")
+    p.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs, 0..1 (JSON keeps all)")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
+    add_progress_arg(p)
     return p
 
 
 def check_out_folder(out: Path) -> Path:
-    """The existing folder the run's outputs are staged in: --out itself, or its nearest existing
-    ancestor when --out is still to be created. UsageError when --out cannot become a folder."""
+    """The existing folder the run's outputs are staged in: -o itself, or its nearest existing
+    ancestor when -o is still to be created. UsageError when -o cannot become a folder."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder (it is created if missing)")
+        raise UsageError(f"-o {out} is a file; give a folder (it is created if missing)")
     folder = out
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise UsageError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
-    check_folder_writable(folder, f"--out {out}")
+        raise UsageError(f"-o {out}: {folder} is a file, not a folder; choose another -o")
+    check_folder_writable(folder, f"-o {out}")
     return folder
 
 
 def annotated_names(paths: list[Path]) -> dict[Path, str]:
-    """Each image's annotated PNG, relative to --out: its path relative to the inputs' common
+    """Each image's annotated PNG, relative to -o: its path relative to the inputs' common
     folder, extension kept, plus .det.png, so a/x.png, b/x.png and x.jpg never share a file."""
     resolved = [p.resolve() for p in paths]
     common = Path(os.path.commonpath([r.parent for r in resolved]))
@@ -72,7 +83,7 @@ def annotated_names(paths: list[Path]) -> dict[Path, str]:
 
 @contextlib.contextmanager
 def staged_outputs(out: Path) -> Iterator[Path]:
-    """A hidden staging folder whose files replace their namesakes in --out when the block succeeds."""
+    """A hidden staging folder whose files replace their namesakes in -o when the block succeeds."""
     anchor = check_out_folder(out)
     staging = Path(tempfile.mkdtemp(prefix=f".trt-infer.{os.getpid()}.", dir=anchor))
     try:
@@ -105,7 +116,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score {args.min_score}: scores are between 0 and 1")
-    check_out_folder(args.out)
+    check_out_folder(args.output)
     paths = list(dict.fromkeys(find_images(args.inputs)))  # the same file named twice is one image
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
@@ -113,8 +124,8 @@ def _main(argv: list[str] | None) -> int:
     detector = Detector.load(args.model, args.backend, **engine_spec_options(args))
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
-    with staged_outputs(args.out) as staging:
-        for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2), start=1):
+    with staged_outputs(args.output) as staging:
+        for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2 or not show_progress(args)), start=1):
             loaded, failed = load_images([path])
             try:
                 dets = detector(loaded)[0] if loaded else None
@@ -136,7 +147,7 @@ def _main(argv: list[str] | None) -> int:
         if not done:
             raise UsageError(f"none of the {len(paths)} image(s) could be processed (see the lines above); nothing written")
         (staging / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{done} image(s), {len(results)} detection(s) -> {args.out / RESULTS}"
+    print(f"{done} image(s), {len(results)} detection(s) -> {args.output / RESULTS}"
           + (f"; {len(failures)} image(s) skipped" if failures else ""))
     return 0
 
