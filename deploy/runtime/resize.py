@@ -41,7 +41,7 @@ def pillow_uint8(pixels: np.ndarray, hw: tuple[int, int], interpolation: str = "
 # ---------------------------------------------------------------- PyTorch bilinear, align_corners=False
 
 
-def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray | np.floating) -> np.ndarray:
     """float32 a * b + c rounded once, as a fused multiply-add: the float32 product is exact in
     float64, so only the sum is rounded (twice; double rounding is off by an ulp only at exact ties)."""
     out = np.multiply(a, b, dtype=np.float64)
