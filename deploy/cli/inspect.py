@@ -72,7 +72,7 @@ def describe_spec(spec: ModelSpec) -> list[str]:
         f"anchors     {a.generator} generator, {a.order}, aspect ratios (h/w) {a.aspect_ratios}, sizes {sizes}",
         f"box coder   weights {c.weights}, dw/dh clamp {clamp}, +1 {'yes' if c.plus_one else 'no'}",
         f"preprocess  {pre.channel_order} x{pre.scale:g}, mean {pre.mean}, std {pre.std}, resize {pre.resize} "
-        f"{pre.min_size}/{pre.max_size} ({pre.rounding}), pad to {pre.size_divisibility}"
+        f"{pre.min_size}/{pre.max_size} ({pre.rounding}) with {pre.resize_impl}, pad to {pre.size_divisibility}"
         + (" (+32 when divisible)" if pre.pad_extra_when_divisible else ""),
         f"postprocess {thresh}; top-k per level {topk}; NMS {post.nms_iou:g} ({post.nms_rule}, "
         f"+1 areas {'yes' if post.nms_plus_one else 'no'}); max detections {max_det}; clip {post.clip}"
