@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -123,6 +124,18 @@ def write_fault(path: PathLike, exc: OSError) -> EnvironmentFault | None:
 
 
 @contextlib.contextmanager
+def faults_name(path: PathLike) -> Iterator[None]:
+    """Turn a disk-full / read-only OSError inside the block into one EnvironmentFault naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        fault = write_fault(path, exc)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto `path` only if the block succeeds.
 
@@ -134,18 +147,48 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     _remove_stale_parts(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".part", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        os.close(fd)
-        yield Path(tmp)
-        os.replace(tmp, out)
-    except OSError as exc:
-        fault = write_fault(out, exc)
-        if fault is None:
-            raise
-        raise fault from None
+        with faults_name(out):
+            os.fchmod(fd, 0o666 & ~_umask())
+            os.close(fd)
+            yield Path(tmp)
+            os.replace(tmp, out)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def existing_ancestor(folder: Path, what: str) -> Path:
+    """The nearest existing folder at or above `folder` (where it would be created), checked writable;
+    UsageError when `folder` is a file or sits under one."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} is a file; give a folder (it is created if missing)")
+    anchor = folder
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise UsageError(f"{what} {folder}: {anchor} is a file, not a folder; choose another {what}")
+    check_folder_writable(anchor, f"{what} {folder}")
+    return anchor
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, what: str = "-o", last: str | None = None) -> Iterator[Path]:
+    """A hidden staging folder whose files replace their namesakes in the folder `out` when the
+    block succeeds (the file named `last` moves last, so a reader that sees it sees the rest);
+    on any failure, signal or full disk nothing is moved and the staging folder is removed."""
+    anchor = existing_ancestor(out, what)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.{os.getpid()}.", suffix=".part", dir=anchor))
+    try:
+        with faults_name(out):
+            yield staging
+            out.mkdir(parents=True, exist_ok=True)
+            files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+            for src in files:
+                dst = out / src.relative_to(staging)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:

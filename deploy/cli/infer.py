@@ -8,12 +8,8 @@ detections.json nor a detections.json of `[]`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,7 @@ from retinanet_trt.cli.common import (
 )
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
-from retinanet_trt.fileio import check_folder_writable, write_fault
+from retinanet_trt.fileio import existing_ancestor, staged_folder
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
 from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
@@ -59,49 +55,12 @@ def build_parser():  # type: ignore[no-untyped-def]
     return p
 
 
-def check_out_folder(out: Path) -> Path:
-    """The existing folder the run's outputs are staged in: -o itself, or its nearest existing
-    ancestor when -o is still to be created. UsageError when -o cannot become a folder."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} is a file; give a folder (it is created if missing)")
-    folder = out
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"-o {out}: {folder} is a file, not a folder; choose another -o")
-    check_folder_writable(folder, f"-o {out}")
-    return folder
-
-
 def annotated_names(paths: list[Path]) -> dict[Path, str]:
     """Each image's annotated PNG, relative to -o: its path relative to the inputs' common
     folder, extension kept, plus .det.png, so a/x.png, b/x.png and x.jpg never share a file."""
     resolved = [p.resolve() for p in paths]
     common = Path(os.path.commonpath([r.parent for r in resolved]))
     return {p: f"{r.relative_to(common).as_posix()}{ANNOTATED_SUFFIX}" for p, r in zip(paths, resolved, strict=True)}
-
-
-@contextlib.contextmanager
-def staged_outputs(out: Path) -> Iterator[Path]:
-    """A hidden staging folder whose files replace their namesakes in -o when the block succeeds."""
-    anchor = check_out_folder(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".trt-infer.{os.getpid()}.", dir=anchor))
-    try:
-        yield staging
-        out.mkdir(parents=True, exist_ok=True)
-        # detections.json last: a reader that sees it also sees every PNG it names.
-        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == RESULTS)
-        for src in files:
-            dst = out / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-    except OSError as exc:
-        fault = write_fault(out, exc)
-        if fault is None:
-            raise
-        raise fault from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _skip_line(failure: LoadFailure) -> str:
@@ -116,7 +75,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score {args.min_score}: scores are between 0 and 1")
-    check_out_folder(args.output)
+    existing_ancestor(args.output, "-o")  # fail before any work
     paths = list(dict.fromkeys(find_images(args.inputs)))  # the same file named twice is one image
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
@@ -124,7 +83,7 @@ def _main(argv: list[str] | None) -> int:
     detector = Detector.load(args.model, args.backend, **engine_spec_options(args))
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
-    with staged_outputs(args.output) as staging:
+    with staged_folder(args.output, "-o", last=RESULTS) as staging:
         for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2 or not show_progress(args)), start=1):
             loaded, failed = load_images([path])
             try:
