@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.fileio import read_json
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import ImageLoadError
 from retinanet_trt.runtime.types import Detections
@@ -37,12 +37,7 @@ def load_coco(annotations: str | Path):  # type: ignore[no-untyped-def]
     from pycocotools.coco import COCO
 
     path = Path(annotations)
-    if not path.is_file():
-        raise UsageError(f"annotations file {path} not found; pass a COCO instances json")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not JSON ({exc}); pass a COCO instances json") from None
+    data = read_json(path, "annotations file", "pass a COCO instances json")
     check_coco(data, path)
     coco = COCO()
     coco.dataset = data

@@ -54,6 +54,20 @@ def check_folder_writable(folder: Path, what: str) -> None:
     os.unlink(probe)
 
 
+def read_json(path: PathLike, what: str, hint: str) -> Any:
+    """The JSON in `path`; UsageError naming `what` and saying what to do (`hint`) when the file is
+    missing, unreadable or not JSON."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{what} {file} not found; {hint}")
+    try:
+        return json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{what} {file} is not valid JSON ({exc}); {hint}") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {file} cannot be read ({exc.strerror}); {hint}") from None
+
+
 def _identity(path: Path) -> tuple[Any, ...]:
     """What makes two paths the same file: device and inode when it exists (symlinks and hard
     links included), else the resolved path."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 from retinanet_trt.cli.common import format_mapping, format_table, make_parser, run_main
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
-from retinanet_trt.fileio import check_outputs, write_json_atomic
+from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.spec import ModelSpec
 
@@ -85,12 +84,7 @@ ARCHITECTURE = ("backbone", "fpn", "head")
 
 
 def _spec_file(path: Path) -> dict:  # type: ignore[type-arg]
-    if not path.is_file():
-        raise UsageError(f"spec file {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"spec file {path} is not valid JSON ({exc}); write one with trt-inspect --spec-json") from None
+    data = read_json(path, "spec file", "write one with trt-inspect --spec-json")
     if not isinstance(data, dict):
         raise UsageError(f"spec file {path} must hold a JSON object with backbone/fpn/head/... fields")
     return data
