@@ -107,7 +107,10 @@ def _calibration(model: _Model, opts: ConvertOptions, out: Path, method: str, ti
         timings["calibrate_s"] = 0.0
         return source, images, ranges, report
     t0 = time.perf_counter()
-    ranges = int8.calibrate(model.path, images.inputs, method, opts.progress)
+    inputs = images.inputs  # pre-processed only now: a cached rerun never needs them
+    timings["preprocess_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ranges = int8.calibrate(model.path, inputs, method, opts.progress)
     timings["calibrate_s"] = time.perf_counter() - t0
     cache.save_cache(path, key, ranges, {"name": method, **params}, images.sources)
     return source, images, ranges, report
@@ -123,9 +126,13 @@ def _write(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any], out: P
 def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions, method: str,
                   ranges: dict[str, Any] | None, images: sets.CalibImages | None, source: sets.CalibSource | None,
                   cache_key: str | None) -> dict[str, Any]:
-    """Write the FP16 / INT8 file and lint it; return the conversion's report keys (exclusions, lint, ...)."""
+    """Write the FP16 / INT8 file and lint it; return the report keys that making it gives
+    (calibration summary, exclusions, lint, fp16_overflow_nodes)."""
     info = {**model.info, "precision": precision}
     done: dict[str, Any] = {}
+    if source is not None and images is not None:  # stored with the report: a cached rerun reads no images
+        done["calibration"] = {"set": source.name, "kind": source.kind, "method": method, "seed": opts.seed,
+                               "requested": opts.calib_images, **images.summary()}
     if precision == "int8":
         excluded = select.select_nodes(model.proto, ([select.PREDICTORS] if opts.default_exclusions else []) + opts.exclude)
         config = int8.QuantizeConfig(method=method, exclude=excluded)
@@ -195,8 +202,6 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     cache_info: dict[str, Any] = {"path": None, "key": None, "reused": False}
     if opts.calib:
         source, images, ranges, cache_info = _calibration(model, opts, out, method, timings)
-        report["calibration"] = {"set": source.name, "kind": source.kind, "method": method, "seed": opts.seed,
-                                 "requested": opts.calib_images, **images.summary()}
     report["cache"] = cache_info
 
     # A report cached for the same inputs and these exact output bytes is reused as it is.

@@ -43,25 +43,53 @@ class CalibSource:
 
 
 @dataclass
+class _Selection:
+    """The images chosen for calibration and the ones skipped, with the digest of their bytes."""
+
+    picked: list[LoadedImage]
+    sources: list[str]
+    digest: str
+    unreadable: list[str]
+    unfit: list[str]
+
+
 class CalibImages:
     """Calibration images, their digest and an account of how they were chosen.
 
-    sources: the images used, in order; digest: sha256 over the images' bytes (their files, or
-    pixels for generated ones); inputs: one (B, 3, H, W) float32 array per model run, made on
-    first use, so a rerun whose ranges and report come from caches skips the pre-process.
+    digest: sha256 over the images' bytes for files; for `demo`, over what draws them (see
+    demo_digest). sources: the images used, in order; inputs: one (B, 3, H, W) float32 array per
+    model run. Demo images are drawn, and all inputs pre-processed, on first use only, so a rerun
+    whose ranges and report come from the caches does neither.
     """
 
-    sources: list[str]
-    digest: str
-    skipped_unreadable: list[str] = field(default_factory=list)
-    skipped_unfit: list[str] = field(default_factory=list)
-    prepare: Callable[[], list[np.ndarray]] | None = field(default=None, repr=False)
-    _inputs: list[np.ndarray] | None = field(default=None, repr=False)
+    def __init__(self, digest: str, select: Callable[[], _Selection],
+                 prepare: Callable[[list[LoadedImage]], list[np.ndarray]]) -> None:
+        self.digest = digest
+        self._select, self._prepare = select, prepare
+        self._selection: _Selection | None = None
+        self._inputs: list[np.ndarray] | None = None
+
+    def _chosen(self) -> _Selection:
+        if self._selection is None:
+            self._selection = self._select()
+        return self._selection
+
+    @property
+    def sources(self) -> list[str]:
+        return self._chosen().sources
+
+    @property
+    def skipped_unreadable(self) -> list[str]:
+        return self._chosen().unreadable
+
+    @property
+    def skipped_unfit(self) -> list[str]:
+        return self._chosen().unfit
 
     @property
     def inputs(self) -> list[np.ndarray]:
         if self._inputs is None:
-            self._inputs = self.prepare() if self.prepare else []
+            self._inputs = self._prepare(self._chosen().picked)
         return self._inputs
 
     def summary(self) -> dict[str, object]:
@@ -71,6 +99,21 @@ class CalibImages:
             "skipped_unfit": len(self.skipped_unfit),
             "examples_skipped": (self.skipped_unreadable + self.skipped_unfit)[:5],
         }
+
+
+def demo_digest(count: int, seed: int) -> str:
+    """sha256 over what draws the demo calibration images: the generator's source, its split,
+    seed and count, and the numpy and Pillow versions. The images are a pure function of these,
+    so hashing them stands for hashing the pixels without drawing them (0.4 s for 64 images)."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("retinanet_trt.demo.synthetic")
+    code = Path(spec.origin).read_bytes() if spec and spec.origin else b""
+    payload = {"set": DEMO, "split": DEMO_CALIB_SPLIT, "seed": seed, "count": count,
+               "generator": hashlib.sha256(code).hexdigest(),
+               "numpy": importlib.metadata.version("numpy"), "pillow": importlib.metadata.version("pillow")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def open_calib_set(calib: str, image_root: str | Path | None = None) -> CalibSource:
@@ -131,8 +174,10 @@ def load_calibration(
     batch: int = 1,
     progress: bool = True,
 ) -> CalibImages:
-    """Read and check up to `count` images, sampled deterministically by `seed` (pre-processed
-    when `.inputs` is first read).
+    """Up to `count` images that are readable and fit, sampled deterministically by `seed`.
+
+    Files are read and checked now (their digest is over their bytes); demo images are drawn on
+    first use of `.sources` or `.inputs`, and inputs are pre-processed on first use.
 
     input_hw: the model's static (H, W), or None for a dynamic input (each run then takes the
     spec's padded size). batch: the model's static batch size; a last partial batch is filled
@@ -140,6 +185,26 @@ def load_calibration(
     """
     if count < 1:
         raise UsageError(f"--calib-images must be >= 1, got {count}")
+
+    def select() -> _Selection:
+        return _select(source, spec, count, seed, input_hw, progress)
+
+    def prepare(picked: list[LoadedImage]) -> list[np.ndarray]:
+        inputs = []
+        for start in range(0, len(picked), batch):
+            chunk = [picked[(start + k) % len(picked)] for k in range(batch)]
+            inputs.append(preprocess(chunk, spec, input_hw).images)
+        return inputs
+
+    if source.kind == "demo":
+        return CalibImages(demo_digest(count, seed), select, prepare)
+    chosen = select()  # files: the digest is over the bytes of the files chosen
+    return CalibImages(chosen.digest, lambda: chosen, prepare)
+
+
+def _select(source: CalibSource, spec: ModelSpec, count: int, seed: int, input_hw: tuple[int, int] | None,
+            progress: bool) -> _Selection:
+    """Walk the seeded stream of images until `count` are readable and fit; UsageError if none do."""
     stream = _demo_images(count, seed) if source.kind == "demo" else _file_images(source.paths, seed)
     total = count if source.kind == "demo" else min(count, len(source.paths))
     picked: list[LoadedImage] = []
@@ -174,12 +239,4 @@ def load_calibration(
             detail.append(f"{len(unfit)} do not fit the static input {input_hw[0]}x{input_hw[1]} after the spec's resize "  # type: ignore[index]
                           f"(first: {unfit[0]}); export with --dynamic or a larger --input-size")
         raise UsageError(f"no usable calibration images in {source.name}: " + "; ".join(detail or ["the set is empty"]))
-
-    def prepare() -> list[np.ndarray]:
-        inputs = []
-        for start in range(0, len(picked), batch):
-            chunk = [picked[(start + k) % len(picked)] for k in range(batch)]
-            inputs.append(preprocess(chunk, spec, input_hw).images)
-        return inputs
-
-    return CalibImages(sources, digest.hexdigest(), unreadable, unfit, prepare)
+    return _Selection(picked, sources, digest.hexdigest(), unreadable, unfit)

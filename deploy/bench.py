@@ -547,6 +547,8 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
 
     results = {it.name: _backend_result(it, diffs.get(it.name)) for it in items}
     _add_ratios(results, list(backends))
+    if _model_info(model).get("precision") == "int8":
+        _label_int8_arithmetic(items, results)
     for it in items:
         it.detector.close()
     return {
@@ -620,6 +622,17 @@ def _backend_result(item: _Item, diff: float | None) -> dict[str, Any]:
     return out
 
 
+def _label_int8_arithmetic(items: Sequence[_Item], results: dict[str, dict[str, Any]]) -> None:
+    """ORT CPU runs a Q/DQ file through fused integer kernels whose results depend on the CPU:
+    its figure is a speed figure; accuracy is trt-calib's, in simulated Q/DQ."""
+    from retinanet_trt.runtime.backends.ort_backend import ARITHMETIC_LABELS
+
+    for it in items:
+        arithmetic = getattr(it.detector.backend, "arithmetic", None)
+        if it.name == "ort-cpu" and arithmetic in ARITHMETIC_LABELS:
+            results[it.name]["arithmetic"] = ARITHMETIC_LABELS[arithmetic]
+
+
 def _add_ratios(results: dict[str, dict[str, Any]], order: list[str]) -> None:
     """time ratio (this / first; < 1 is faster) and speed-up (first / this) for end-to-end and compute."""
     first = results[order[0]]
@@ -641,7 +654,9 @@ def format_report(report: dict[str, Any]) -> str:
     proto = report["protocol"]
     h, w = proto["input_hw"]
     lines = [f"{report['model_name']} ({report['model']}) at {h}x{w}, {proto['iterations']} iterations after "
-             f"{proto['warmup']} warm-up, threads: {proto['threads']}, input: {proto['images']}", ""]
+             f"{proto['warmup']} warm-up, threads: {proto['threads']}, input: {proto['images']}"]
+    lines += [f"{n}: {res[n]['arithmetic']}" for n in names if "arithmetic" in res[n]]
+    lines.append("")
 
     headers = ["part (ms)"] + [f"{n} {q}" for n in names for q in ("median", "p90", "p99")]
     rows = [[s] + [res[n]["stages_ms"][s][q] for n in names for q in ("median", "p90", "p99")] for s in STAGES]

@@ -61,3 +61,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# CPU features that change ONNX Runtime's integer kernels (fused Q/DQ saturates without VNNI).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of CPU_FLAGS /proc/cpuinfo lists (all False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    return {f: f in flags for f in CPU_FLAGS}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from retinanet_trt.calib import cache, int8, report_cache, scoring
+from retinanet_trt.calib import cache, int8, report_cache, scoring, sets
 from retinanet_trt.calib.convert import ConvertOptions, convert
 
 
@@ -65,10 +65,11 @@ def test_rerun_reuses_ranges_and_report(tiny: Path, first: tuple[Path, dict], mo
     monkeypatch.setattr(scoring, "score", _Calls(scoring.score, fail=True))
     monkeypatch.setattr(int8, "calibrate", _Calls(int8.calibrate, fail=True))
     monkeypatch.setattr(int8, "quantize", _Calls(int8.quantize, fail=True))
+    monkeypatch.setattr(sets, "_demo_images", _Calls(sets._demo_images, fail=True))  # nor draws the demo set
     again = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True))
     c = again["cache"]
     assert c["reused"] and c["report_reused"] and c["output_reused"] and "report_note" not in c
-    for key in ("sqnr_db", "levels", "map", "map_detail", "sensitivity", "arithmetic", "exclusions", "lint"):
+    for key in ("calibration", "sqnr_db", "levels", "map", "map_detail", "sensitivity", "arithmetic", "exclusions", "lint"):
         assert again[key] == report[key], key
     assert again["times_s"]["calibrate_s"] == 0.0 and again["times_s"]["convert_s"] == 0.0
     assert "held_out_s" not in again["times_s"] and c["scored_times_s"]["sensitivity_s"] > 0
@@ -78,7 +79,7 @@ def test_rerun_reuses_ranges_and_report(tiny: Path, first: tuple[Path, dict], mo
 
     print_report(again)
     text = capsys.readouterr().out
-    assert "report: scores reused from" in text and "kept " in text
+    assert "scores: reused from" in text and "kept " in text
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,6 @@ def test_calibrates_a_model_in_a_read_only_folder(tiny: Path, tmp_path: Path) ->
 
 
 def test_two_calibrations_of_one_model_at_once(tiny: Path) -> None:
-    from retinanet_trt.calib import sets
     from retinanet_trt.export.metadata import read_spec
 
     images = sets.load_calibration(sets.open_calib_set("demo"), read_spec(tiny), 2, 0, (128, 160), progress=False)

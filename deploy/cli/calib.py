@@ -72,9 +72,9 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"cache: {c['path']} ({state})" + (f"; replaced: {c['replaced']}" if c.get("replaced") else ""))
     if c.get("report_reused"):
         kept = "output unchanged, not rewritten" if c.get("output_reused") else "output rewritten, same bytes"
-        print(f"report: scores reused from {c['report_path']} (scored {c.get('scored_at', '?')}; same inputs, {kept})")
+        print(f"scores: reused from {c['report_path']} (scored {c.get('scored_at', '?')}; same inputs, {kept})")
     elif c.get("report_note"):
-        print(f"report: {c['report_note']}")
+        print(f"scores: {c['report_note']}")
     print(f"arithmetic: {r['arithmetic']}")
     print(f"kept FP32: {len(r['exclusions'])} nodes" + (f" ({', '.join(r['exclusions'][:4])}{', ...' if len(r['exclusions']) > 4 else ''})" if r["exclusions"] else ""))
     print(f"\n{prec} vs fp32 per FPN level, held-out photos ({', '.join(r['held_out']['photos'])}):")
