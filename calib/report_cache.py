@@ -102,13 +102,28 @@ def load_entry(path: Path, parts: dict[str, str]) -> tuple[dict[str, Any] | None
         if data["format"] != REPORT_CACHE_FORMAT:
             return None, f"report cache {path} has format {data['format']!r}; re-scored"
         stored, entry = data["parts"], data["entry"]
-        entry["output_sha256"], entry["scores"], entry["conversion"]  # noqa: B018 (all must be present)
+        _check_entry(stored, entry)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"report cache {path} is not readable ({type(exc).__name__}); ignored and re-scored"
     differ = sorted(k for k in set(parts) | set(stored) if parts.get(k) != stored.get(k))
     if differ:
         return None, f"inputs changed since the cached report ({', '.join(differ)}); re-scored"
     return entry, None
+
+
+# What a reused report needs from an entry (the CLI prints them); anything less is a damaged cache.
+_NEEDED = {"conversion": ("exclusions", "lint"), "scores": ("arithmetic", "sqnr_db", "outputs", "levels", "held_out")}
+
+
+def _check_entry(parts: Any, entry: Any) -> None:
+    """TypeError / KeyError unless the stored parts and entry have the shapes a reuse relies on."""
+    if not isinstance(parts, dict) or not isinstance(entry, dict) or not isinstance(entry["output_sha256"], str):
+        raise TypeError("malformed entry")
+    for section, keys in _NEEDED.items():
+        if not isinstance(entry[section], dict):
+            raise TypeError(f"{section} is not an object")
+        for key in keys:
+            entry[section][key]  # noqa: B018 (KeyError when missing)
 
 
 def save_entry(path: Path, parts: dict[str, str], output_sha256: str, conversion: dict[str, Any],

@@ -170,12 +170,27 @@ def test_changed_output_recomputes(tiny: Path, tmp_path: Path, monkeypatch: pyte
     assert spy.count == 1 and not again["cache"]["report_reused"] and "differs" in again["cache"]["report_note"]
 
 
-@pytest.mark.parametrize("garbage", ["{not json", '{"format": "retinanet_trt.calib_report_cache/1"}', "[]", ""])
-def test_corrupt_report_cache_is_ignored_and_rewritten(tiny: Path, tmp_path: Path, garbage: str) -> None:
+def _damage_scores(text: str) -> str:
+    data = json.loads(text)
+    data["entry"]["scores"] = ["not", "an", "object"]  # key parts intact: only the entry is damaged
+    return json.dumps(data)
+
+
+def _drop_lint(text: str) -> str:
+    data = json.loads(text)
+    del data["entry"]["conversion"]["lint"]
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda _: "{not json", lambda _: '{"format": "retinanet_trt.calib_report_cache/1"}', lambda _: "[]", lambda _: "",
+    lambda t: t[: len(t) // 2], _damage_scores, _drop_lint,
+], ids=["not-json", "no-entry", "list", "empty", "truncated", "scores-not-object", "no-lint"])
+def test_corrupt_report_cache_is_ignored_and_rewritten(tiny: Path, tmp_path: Path, damage: Any) -> None:
     out = tmp_path / "m.int8.onnx"
     first = convert(tiny, "int8", out, _opts())
     rpath = Path(first["cache"]["report_path"])
-    rpath.write_text(garbage)
+    rpath.write_text(damage(rpath.read_text()))
     again = convert(tiny, "int8", out, _opts())
     assert not again["cache"]["report_reused"] and "ignored" in again["cache"]["report_note"]
     assert again["sqnr_db"] == first["sqnr_db"]
