@@ -182,7 +182,7 @@ def _torch_for_onnx(onnx_path: str, checkpoint: str | None) -> Detector:
     --random-init export (build_model(spec, seed) gives the same weights deterministically)."""
     from retinanet_trt.export.metadata import read_info, read_spec
     from retinanet_trt.model import build_model
-    from retinanet_trt.runtime.backends.torch_backend import TorchBackend
+    from retinanet_trt.model.torch_backend import TorchBackend
 
     if checkpoint:
         return Detector.load(checkpoint, "torch")

@@ -35,7 +35,7 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.importers import IMPORTERS, import_checkpoint
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime import resize
-from retinanet_trt.runtime.backends.torch_backend import TorchBackend
+from retinanet_trt.model.torch_backend import TorchBackend
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import Detections, ImageMeta

@@ -43,7 +43,7 @@ def default_backend(model: str) -> str:
 def _load_torch(model: str, source: str = "auto") -> Backend:
     require_torch("the torch backend")
     from retinanet_trt.model import build_model
-    from retinanet_trt.runtime.backends.torch_backend import TorchBackend
+    from retinanet_trt.model.torch_backend import TorchBackend
 
     if model == "demo":
         from retinanet_trt.demo import load_demo
