@@ -69,7 +69,7 @@ def methods_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         prec = r["precision"]
         name = f"int8 {r['calibration']['method']}" if prec == "int8" else "fp16"
         d = r["map_detail"]
-        results[name] = {"map_fp32": r["map"]["fp32"], "map": r["map"][prec], "delta_points": d["delta"],
+        results[name] = {"map_fp32": r["map"]["fp32"], "map": r["map"][prec], "delta": d["delta"],
                          "ap50": d[prec]["AP50"], "ap50_fp32": d["fp32"]["AP50"],
                          "worst_sqnr_db": min(r["sqnr_db"].values()), "levels": r["levels"],
                          "calibrate_s": r["times_s"].get("calibrate_s")}

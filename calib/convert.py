@@ -1,7 +1,7 @@
 """FP32 ONNX -> FP16 or INT8 (Q/DQ) ONNX, with its accuracy report: the API behind trt-calib and trt-build.
 
     report = convert_precision(Path("m.onnx"), "int8", Path("m.int8.onnx"), calib="demo",
-                               calib_images=64, seed=0, cache=None, method="minmax")
+                               calib_images=64, seed=0, cache=None, method="max")
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
 PRECISIONS = ("fp16", "int8")
-DEFAULT_METHOD = "minmax"
+# NVIDIA's name (ModelOpt, TAO, trtexec's calibrators) for min/max ranges; trt-build uses it too.
+DEFAULT_METHOD = "max"
 DEFAULT_CALIB_IMAGES = 64
 DEFAULT_EVAL_IMAGES = 100
 
@@ -48,10 +49,10 @@ class ConvertOptions:
 
 
 def convert_precision(src_onnx: Path, precision: str, out_onnx: Path, *, calib: str | None, calib_images: int,
-                      seed: int, cache: Path | None, method: str) -> dict[str, Any]:
+                      seed: int, cache: Path | None, method: str, progress: bool = True) -> dict[str, Any]:
     """Write an FP16 or INT8 copy of src_onnx to out_onnx; return the accuracy report (see convert)."""
     opts = ConvertOptions(calib=calib, calib_images=calib_images, seed=seed,
-                          cache=Path(cache) if cache is not None else None, method=method)
+                          cache=Path(cache) if cache is not None else None, method=method, progress=progress)
     return convert(Path(src_onnx), precision, Path(out_onnx), opts)
 
 
@@ -197,6 +198,8 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     model = _open_model(src)
+    if opts.exclude:  # a pattern that matches nothing is a typo: say so before calibrating for minutes
+        select.select_nodes(model.proto, opts.exclude)
     report: dict[str, Any] = {"precision": precision, "source": str(src), "output": str(out)}
     source = images = ranges = None
     cache_info: dict[str, Any] = {"path": None, "key": None, "reused": False}

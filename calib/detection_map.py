@@ -91,8 +91,9 @@ def eval_set_digest(source: CalibSource, images: CalibImages, max_images: int) -
     return digest.hexdigest()
 
 
-def map_points(model: Path, evaluation: EvalSet, progress: bool = True) -> dict[str, Any]:
-    """COCO AP, AP50, AP75 (x 100) of an ONNX file on the evaluation set, with ONNX Runtime on the CPU."""
+def map_scores(model: Path, evaluation: EvalSet, progress: bool = True) -> dict[str, Any]:
+    """COCO AP, AP50, AP75 (fractions, as COCO reports them) of an ONNX file on the evaluation set,
+    with ONNX Runtime on the CPU."""
     from retinanet_trt.evaluate import evaluate
     from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC
     from retinanet_trt.runtime.detector import Detector
@@ -102,5 +103,4 @@ def map_points(model: Path, evaluation: EvalSet, progress: bool = True) -> dict[
         scored = evaluate(detector, evaluation.images_dir, evaluation.annotations, progress=progress)
     finally:
         detector.close()
-    return {"AP": 100 * scored["AP"], "AP50": 100 * scored["AP50"], "AP75": 100 * scored["AP75"],
-            "num_detections": scored["num_detections"]}
+    return {"AP": scored["AP"], "AP50": scored["AP50"], "AP75": scored["AP75"], "num_detections": scored["num_detections"]}

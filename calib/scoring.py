@@ -65,16 +65,16 @@ def score(src: Path, out: Path, precision: str, *, proto: onnx.ModelProto, spec:
 
 def _map_scores(src: Path, out: Path, precision: str, source: CalibSource, images: CalibImages, eval_images: int,
                 progress: bool, scores: dict[str, Any]) -> Any:
-    """Fill scores["map"] (COCO AP x 100) for FP32 and the converted file; return the evaluation set."""
-    from retinanet_trt.calib.detection_map import EvalSet, map_points
+    """Fill scores["map"] (COCO AP as a fraction) for FP32 and the converted file; return the evaluation set."""
+    from retinanet_trt.calib.detection_map import EvalSet, map_scores
 
     evaluation = EvalSet.for_source(source, images, eval_images)
     if evaluation is None:
         return None
-    fp32 = map_points(src, evaluation, progress)
-    converted = map_points(out, evaluation, progress)
+    fp32 = map_scores(src, evaluation, progress)
+    converted = map_scores(out, evaluation, progress)
     scores["map"] = {"fp32": fp32["AP"], precision: converted["AP"]}
-    scores["map_detail"] = {"metric": "COCO AP@[.50:.95] x 100", "arithmetic": ARITHMETIC,
+    scores["map_detail"] = {"metric": "COCO AP@[.50:.95] (a fraction, as COCO reports it)", "arithmetic": ARITHMETIC,
                             "images": evaluation.num_images, "set": evaluation.describe, "fp32": fp32,
                             precision: converted, "delta": converted["AP"] - fp32["AP"]}
     return evaluation

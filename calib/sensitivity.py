@@ -25,8 +25,8 @@ from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, cpu_
 
 # Below this output SQNR the tool recommends exclusions (noise at 1% of the signal power).
 TARGET_SQNR_DB = 20.0
-# With annotations: a group whose INT8 alone costs this much AP (points) is recommended to stay FP32.
-AP_LOSS_POINTS = 0.5
+# With annotations: a group whose INT8 alone costs this much AP (0.005 = half a point) stays FP32.
+AP_LOSS = 0.005
 
 
 def _noise(sqnr_db: float) -> float:
@@ -60,9 +60,9 @@ def sensitivity_sweep(model: onnx.ModelProto, src: Path, ranges: dict[str, Any],
             row: dict[str, Any] = {"group": group, "nodes": len(nodes), "sqnr_db": cmp[worst]["sqnr_db"],
                                    "worst_output": worst, "cosine": cmp[worst]["cosine"]}
             if evaluation is not None and fp32_ap is not None:
-                from retinanet_trt.calib.detection_map import map_points
+                from retinanet_trt.calib.detection_map import map_scores
 
-                row["ap"] = map_points(path, evaluation, progress=False)["AP"]
+                row["ap"] = map_scores(path, evaluation, progress=False)["AP"]
                 row["ap_lost"] = fp32_ap - row["ap"]
             rows.append(row)
     total = sum(_noise(r["sqnr_db"]) for r in rows)
@@ -75,8 +75,8 @@ def _recommend(rows: list[dict[str, Any]], fp32_ap: float | None) -> dict[str, A
     """Groups to keep in FP32: by AP lost when measured, else greedily by noise until the summed
     noise estimate reaches TARGET_SQNR_DB."""
     if fp32_ap is not None:
-        chosen = [r["group"] for r in sorted(rows, key=lambda r: -r["ap_lost"]) if r["ap_lost"] >= AP_LOSS_POINTS]
-        rule = f"groups whose INT8 alone loses >= {AP_LOSS_POINTS} AP points"
+        chosen = [r["group"] for r in sorted(rows, key=lambda r: -r["ap_lost"]) if r["ap_lost"] >= AP_LOSS]
+        rule = f"groups whose INT8 alone loses >= {AP_LOSS:g} AP ({100 * AP_LOSS:g} points)"
     else:
         chosen = []
         rule = f"largest noise shares until the estimated output SQNR reaches {TARGET_SQNR_DB} dB"

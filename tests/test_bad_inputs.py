@@ -192,3 +192,16 @@ def test_trt_eval_on_a_valid_minimal_set_works(tiny_onnx, tmp_path: Path) -> Non
                           "--json", str(tmp_path / "ap.json")]) == 0
     stats = json.loads((tmp_path / "ap.json").read_text())
     assert stats["num_images"] == 1 and 0.0 <= stats["AP"] <= 1.0
+
+
+def test_an_exclusion_that_matches_nothing_is_refused_before_calibrating(tiny_onnx, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from retinanet_trt.calib import int8
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("calibrated before checking --exclude")
+
+    monkeypatch.setattr(int8, "calibrate", never)
+    out = tmp_path / "m.int8.onnx"
+    assert calib_cli.main([str(tiny_onnx[0]), "--int8", "--calib", "demo", "--exclude", "p9/nothing*", "-o", str(out)]) == 2
+    assert "matches no node" in _err_line(capsys)
+    assert not out.exists()

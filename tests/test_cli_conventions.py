@@ -48,7 +48,7 @@ def test_progress_bars_stay_out_of_logs_unless_asked(tiny_onnx, tmp_path: Path) 
 
 @pytest.mark.parametrize("command, flags", [
     ("trt-export", ["-o", "--json"]), ("trt-infer", ["-o"]), ("trt-eval", ["--json"]), ("trt-bench", ["--json", "--plot"]),
-    ("trt-inspect", ["--json"]), ("trt-build", ["-o"]),
+    ("trt-inspect", ["--json"]), ("trt-build", ["-o"]), ("trt-calib", ["-o", "--json"]),
 ])
 def test_one_flag_vocabulary(command: str, flags: list[str]) -> None:
     done = subprocess.run([str(BIN / command), "--help"], capture_output=True, text=True, timeout=120)

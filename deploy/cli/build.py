@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.build import build_engine, check_options, detect_precision, load_onnx, onnx_inputs, resolve_profiles
-from retinanet_trt.cli.common import EXIT_USAGE, make_parser, run_main
+from retinanet_trt.cli.common import EXIT_USAGE, add_progress_arg, make_parser, run_main, show_progress
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_spec
 from retinanet_trt.fileio import check_outputs
@@ -27,8 +27,9 @@ EXAMPLES = """\
 
 _DIMS = re.compile(r"^[1-9]\d*(x[1-9]\d*)*$")
 CALIB_IMAGES = 64
-# TensorRT's names for the range estimators -> the names retinanet_trt.calib uses for them.
-CALIB_METHODS = {"max": "minmax", "entropy": "entropy", "percentile": "percentile"}
+# The range estimators by NVIDIA's names, as trt-calib --method takes them (calib.int8 maps "max" to
+# ONNX Runtime's MinMax); listed here so --help does not import the calibration stack.
+CALIB_METHODS = ("max", "entropy", "percentile")
 
 
 def parse_shape_range(text: str) -> ShapeRange:
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needed by --int8; optional for --fp16, where it finds overflow-prone nodes to keep in FP32)")
     p.add_argument("--calib-cache", type=Path, metavar="F", help="calibration cache to reuse or write")
     p.add_argument("--calib-images", type=int, metavar="N", help=f"calibration images to use (default {CALIB_IMAGES})")
-    p.add_argument("--calib-method", choices=tuple(CALIB_METHODS), help="INT8 activation ranges (default max)")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, help="INT8 activation ranges (default max, as trt-calib)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling the calibration images")
     p.add_argument("-o", "--output", type=Path, help="engine path (default: MODEL's name with .engine / .fp16.engine)")
     p.add_argument("--workspace", type=float, metavar="GB", help="builder workspace memory limit in GiB")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plugin shared library to load before parsing (repeatable)")
     p.add_argument("--onnx-only", action="store_true", help="write the FP16/INT8 ONNX and stop (no TensorRT needed)")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's warnings")
+    add_progress_arg(p)
     return p
 
 
@@ -118,7 +120,8 @@ def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> d
         calib_images=args.calib_images or CALIB_IMAGES,
         seed=args.seed,
         cache=args.calib_cache,
-        method=CALIB_METHODS[args.calib_method or "max"],
+        method=args.calib_method or CALIB_METHODS[0],
+        progress=show_progress(args),
     )
 
 
@@ -128,7 +131,7 @@ def accuracy_line(report: dict[str, Any]) -> str:
     worst = min(report["sqnr_db"], key=lambda k: report["sqnr_db"][k])
     text = f"wrote {report['output']} ({report['precision']}): worst held-out SQNR {report['sqnr_db'][worst]:.1f} dB ({worst})"
     if "map" in report:
-        text += f", mAP {report['map'][report['precision']]:.2f} vs fp32 {report['map']['fp32']:.2f}"
+        text += f", mAP x100 {100 * report['map'][report['precision']]:.2f} vs fp32 {100 * report['map']['fp32']:.2f}"
     text += f"; arithmetic: {report['arithmetic']}"
     if report.get("cache", {}).get("report_reused"):
         text += f"; scores reused from {report['cache']['report_path']}"

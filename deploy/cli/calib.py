@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.cli.common import add_progress_arg, format_table, make_parser, run_main, show_progress
 from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import check_outputs, write_bytes_atomic
 
 EXAMPLES = """\
-  trt-calib m.onnx --int8 --calib demo -o m.int8.onnx --report r.json
+  trt-calib m.onnx --int8 --calib demo -o m.int8.onnx --json r.json
   trt-calib m.onnx --int8 --calib photos/ --calib-images 128 --method entropy --exclude p3 --sensitivity
   trt-calib m.onnx --int8 --calib instances_val.json --image-root val2017/ --cache m.calib.json
   trt-calib m.onnx --fp16 --calib demo -o m.fp16.onnx
@@ -31,12 +32,13 @@ def _parser():  # type: ignore[no-untyped-def]
     p.add_argument("--calib", metavar="SET", help="image folder, COCO .json, or 'demo' (synthetic shapes); "
                    "required for --int8; for --fp16 it finds values too large for FP16")
     p.add_argument("-o", "--output", help="output ONNX (default: MODEL.int8.onnx / MODEL.fp16.onnx)")
-    p.add_argument("--report", help="write the report JSON here")
+    p.add_argument("--json", help="write the report JSON here")
+    p.add_argument("--report", dest="json", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
                    help=f"calibration images to use (default {DEFAULT_CALIB_IMAGES})")
     p.add_argument("--seed", type=int, default=0, help="seed of the image sampling (default 0)")
     p.add_argument("--method", choices=[*METHODS, *METHOD_ALIASES], default=DEFAULT_METHOD,
-                   help=f"INT8 activation range calibration (default {DEFAULT_METHOD}; 'max' = minmax)")
+                   help=f"INT8 activation range calibration (default {DEFAULT_METHOD}: min/max ranges, 'minmax' in ONNX Runtime)")
     p.add_argument("--exclude", action="append", default=[], metavar="WHAT",
                    help="keep in FP32: a group (backbone, fpn, p3..p7, head), a node name or a glob "
                         "('p3/cls_*'); repeat or comma-separate")
@@ -51,6 +53,7 @@ def _parser():  # type: ignore[no-untyped-def]
     p.add_argument("--no-map", action="store_true", help="skip the COCO mAP evaluation")
     p.add_argument("--image-root", help="folder the COCO json's file_name entries are relative to (default: its folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_arg(p)
     return p
 
 
@@ -83,18 +86,18 @@ def print_report(r: dict[str, Any]) -> None:
     print(format_table(["level", "cls SQNR dB", "cls cosine", "cls max abs", "box SQNR dB", "box cosine", "box max abs"], rows))
     if "map" in r:
         d = r["map_detail"]
-        print(f"\nCOCO mAP ({d['images']} images, {d['set']}): fp32 {r['map']['fp32']:.2f}  {prec} {r['map'][prec]:.2f}  "
-              f"(delta {d['delta']:+.2f} points)")
+        print(f"\nCOCO mAP x100 ({d['images']} images, {d['set']}): fp32 {100 * r['map']['fp32']:.2f}  "
+              f"{prec} {100 * r['map'][prec]:.2f}  (delta {100 * d['delta']:+.2f} points)")
     s = r.get("sensitivity")
     if s:
         print("\nsensitivity (INT8 on one group only):")
         headers = ["group", "nodes", "worst SQNR dB", "worst output", "noise share"]
         has_ap = any("ap_lost" in row for row in s["rows"])
-        headers += ["AP", "AP lost"] if has_ap else []
+        headers += ["AP x100", "AP lost x100"] if has_ap else []
         body = []
         for row in s["rows"]:
             line = [row["group"], row["nodes"], _db(row["sqnr_db"]), row["worst_output"], f"{100 * row['noise_share']:.0f}%"]
-            line += [f"{row['ap']:.2f}", f"{row['ap_lost']:+.2f}"] if has_ap else []
+            line += [f"{100 * row['ap']:.2f}", f"{100 * row['ap_lost']:+.2f}"] if has_ap else []
             body.append(line)
         print(format_table(headers, body))
         rec = ", ".join(s["recommended_exclusions"]) or "none"
@@ -114,7 +117,7 @@ def _main(argv: list[str] | None) -> int:
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(f"{src.stem}.{args.precision}.onnx")
     calib_file = args.calib if args.calib and Path(args.calib).is_file() else None
-    check_outputs({"-o": out, "--report": args.report, "--cache": args.cache},
+    check_outputs({"-o": out, "--json": args.json, "--cache": args.cache},
                   {"MODEL": src, "--calib": calib_file})
     for name in ("calib_images", "eval_images"):
         if getattr(args, name) < 1:
@@ -125,13 +128,13 @@ def _main(argv: list[str] | None) -> int:
         exclude=[t.strip() for item in args.exclude for t in item.split(",") if t.strip()],
         default_exclusions=not args.quantize_predictors, sensitivity=args.sensitivity,
         evaluate_map=not args.no_map, eval_images=args.eval_images,
-        image_root=Path(args.image_root) if args.image_root else None, progress=not args.quiet,
+        image_root=Path(args.image_root) if args.image_root else None, progress=show_progress(args),
     )
     report = convert(src, args.precision, out, opts)
     print_report(report)
-    if args.report:
-        write_bytes_atomic(args.report, (report_json(report) + "\n").encode())
-        print(f"report: {args.report}")
+    if args.json:
+        write_bytes_atomic(args.json, (report_json(report) + "\n").encode())
+        print(f"report: {args.json}")
     return 0
 
 

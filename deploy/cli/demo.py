@@ -19,8 +19,8 @@ from retinanet_trt.demo import load_demo
 from retinanet_trt.evaluate import evaluate
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.fileio import write_json_atomic
-from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.model.torch_backend import TorchBackend
+from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.detector import Detector
 
 EXAMPLES = "  python3 run.py demo\n  python3 run.py demo --val-images 200 -o out/demo\n"
@@ -85,12 +85,14 @@ def _main(argv: list[str] | None) -> int:
         for precision in ("fp16", "int8"):
             out = args.out / f"demo.{precision}.onnx"
             result = convert_precision(onnx_path, precision, out, calib="demo", calib_images=32, seed=0,
-                                       cache=args.out / f"demo.{precision}.calib.json", method="max")
+                                       cache=args.out / f"demo.{precision}.calib.json", method="max",
+                                       progress=sys.stderr.isatty())
             report["precision"][precision] = {k: result.get(k) for k in ("map", "sqnr_db", "lint")}
         rows = []
         for precision, r in report["precision"].items():
             mean_ap = r.get("map") or {}
-            rows.append([precision, mean_ap.get("fp32", "-"), mean_ap.get(precision, "-"),
+            x100 = {k: 100 * v for k, v in mean_ap.items()}  # fractions in the report, points for people
+            rows.append([precision, x100.get("fp32", "-"), x100.get(precision, "-"),
                          min(r["sqnr_db"].values()) if r.get("sqnr_db") else "-", (r.get("lint") or {}).get("passed")])
         print(format_table(["precision", "mAP fp32 (x100)", "mAP (x100)", "min SQNR dB", "lint passed"], rows))
         report["steps_s"]["precision"] = time.perf_counter() - t0
