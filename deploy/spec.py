@@ -18,7 +18,10 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.spec_checks import check_field_type, range_problems
 
 SPEC_VERSION = 1
-RESIZE_IMPLS = ("pillow_uint8", "torch_bilinear_float", "skimage_float", "cv2_float")
+RESIZE_IMPLS = ("pillow_uint8", "torch_bilinear_float", "skimage_float", "cv2_float", "cv2_uint8")
+STEM_POOLS = ("pytorch", "caffe_ceil", "caffe_ceil_p1")
+FPN_UPSAMPLES = ("scale2", "size", "deconv")
+SCORE_KINDS = ("probability", "logit")
 
 
 @dataclass
@@ -36,10 +39,23 @@ class NormSpec:
 
 @dataclass
 class BackboneSpec:
-    depth: int = 50  # 18, 34 (basic blocks), 50, 101 (bottleneck)
+    """ResNet returning C3..C5.
+
+    stem_pool: "pytorch" k3 s2 p1 floor; "caffe_ceil" k3 s2 p0 ceil_mode=True; "caffe_ceil_p1" k3 s2
+    p1 ceil_mode=True (a PyTorch pool translated to Caffe as it stands). padding: "pytorch"
+    (symmetric k//2) or "tf_same" (MindSpore's pad_mode 'same', TensorFlow SAME_UPPER: total pad
+    max((ceil(in/s) - 1) * s + k - in, 0), the odd pixel right/bottom) on every stride-2 conv, on the
+    stem max-pool (padding acts as -inf there; the pool spec is then ignored) and on the FPN's P6/P7.
+    relu_before_add: ReLU on the residual branch (after the last norm) and on the projection
+    shortcut before the add, and again after it (MindSpore's Conv2dBnAct(activation='relu')).
+    """
+
+    depth: int = 50  # 18, 34 (basic blocks), 50, 101, 152 (bottleneck)
     stride_in_1x1: bool = True  # MSRA/Caffe weights put the stride in the 1x1 conv; torchvision in the 3x3
     norm: NormSpec = field(default_factory=NormSpec)
-    stem_pool: str = "pytorch"  # "pytorch": k3 s2 p1 floor; "caffe_ceil": k3 s2 p0 ceil_mode=True
+    stem_pool: str = "pytorch"
+    padding: str = "pytorch"
+    relu_before_add: bool = False
     stem_channels: int = 64
     width_per_group: int = 64  # base width; `tiny` shrinks it for fast tests
 
@@ -47,9 +63,13 @@ class BackboneSpec:
 @dataclass
 class FPNSpec:
     out_channels: int = 256
-    upsample: str = "scale2"  # "scale2": nearest x2; "size": nearest to the lateral's size (torchvision)
+    # "scale2": nearest x2; "size": nearest to the lateral's size (torchvision, MindSpore's fixed-size
+    # ResizeNearestNeighbor); "deconv": a stored per-level ConvTranspose k4 s2 p1 with group = channels
+    # (the Caffe port's bilinear-filler Deconvolution), which zero-pads at the borders.
+    upsample: str = "scale2"
     p6_from: str = "c5"  # "c5" or "p5"
     levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    bias: bool = True  # MindSpore's nn.Conv2d has no bias (has_bias=False)
 
 
 @dataclass
@@ -61,6 +81,8 @@ class HeadSpec:
     norm: str = "none"  # "none" or "gn" (torchvision v2: conv without bias + GroupNorm(32) + ReLU)
     gn_groups: int = 32
     prior_prob: float = 0.01
+    shared: bool = True  # False: one tower and predictor per FPN level (MindSpore's MultiBox)
+    bias: bool = True  # MindSpore's head convs have no bias
 
 
 @dataclass
@@ -112,6 +134,8 @@ class PreprocessSpec:
                             its defaults (order 1, reflect, Gaussian anti-aliasing when shrinking): yhenon
       cv2_float             normalise in float32, then cv2.resize INTER_LINEAR with fx = fy = the
                             resize factor: Detectron's blob.prep_im_for_blob
+      cv2_uint8             cv2.resize INTER_LINEAR on the 8-bit image, then normalise: MindSpore's
+                            RetinaNet eval (Decode, cv2.resize to a fixed size, Normalize)
     The float impls resize bilinearly only (interpolation "bilinear").
     """
 
@@ -134,11 +158,17 @@ class PreprocessSpec:
 class PostprocessSpec:
     """Decode -> top-k -> NMS -> max detections, with each framework's exact conventions.
 
-    score_thresh: one value per level (Detectron uses 0.0 at P7); compared as score > thresh.
+    score_thresh: one value per level (Detectron uses 0.0 at P7); compared as score > thresh, where
+          the score is the sigmoid probability or, with score_thresh_on "logit", the raw logit
+          (MindSpore: logit > 0.1). reported_scores: "probability" or "logit" (MindSpore reports logits).
+    max_per_class: at most this many detections per class (MindSpore's max_boxes 100), before the
+          overall cap max_detections; None: no per-class cap.
     nms_rule: "gt" (IoU > t suppresses; torchvision) or "ge" (IoU >= t; maskrcnn-benchmark, Detectron).
     clip: "resized" ([0,W]x[0,H] of the unpadded resized image, per level: torchvision),
           "resized_minus1" ([0,W-1]: maskrcnn-benchmark), "original" (after rescale, [0,W]: detectron2),
-          "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 and x2,y2 <= the padded input), "none".
+          "original_minus1" (Detectron), "padded_lower" (yhenon: x1,y1 >= 0 and x2,y2 <= the padded input),
+          "resized_to_original" (MindSpore: [0,W]x[0,H] of the resized image, then rescaled, NMS in original
+          pixels), "none".
     label_map: channel -> output label id (COCO category ids); class_names: channel -> name.
     rescale: back to original pixels "per_axis" (x by W_orig/W_resized, y by H: torchvision,
           detectron2, maskrcnn-benchmark) or "uniform" (divide by the one resize factor the
@@ -156,6 +186,9 @@ class PostprocessSpec:
     label_map: list[int] | None = None
     class_names: list[str] | None = None
     rescale: str = "per_axis"
+    max_per_class: int | None = None
+    score_thresh_on: str = "probability"
+    reported_scores: str = "probability"
 
 
 @dataclass
@@ -215,16 +248,18 @@ class ModelSpec:
         """Raise UsageError naming the first inconsistency, so no model is built from a bad spec."""
         b, f, h, a = self.backbone, self.fpn, self.head, self.anchors
         problems: list[str] = []
-        if b.depth not in (18, 34, 50, 101):
-            problems.append(f"backbone.depth={b.depth} (use 18, 34, 50 or 101)")
+        if b.depth not in (18, 34, 50, 101, 152):
+            problems.append(f"backbone.depth={b.depth} (use 18, 34, 50, 101 or 152)")
         if b.norm.kind not in ("frozen_bn", "affine"):
             problems.append(f"backbone.norm.kind={b.norm.kind!r} (use 'frozen_bn' or 'affine')")
         if b.norm.eps < 0:
             problems.append(f"backbone.norm.eps={b.norm.eps} must be >= 0")
-        if b.stem_pool not in ("pytorch", "caffe_ceil"):
-            problems.append(f"backbone.stem_pool={b.stem_pool!r} (use 'pytorch' or 'caffe_ceil')")
-        if f.upsample not in ("scale2", "size"):
-            problems.append(f"fpn.upsample={f.upsample!r} (use 'scale2' or 'size')")
+        if b.stem_pool not in STEM_POOLS:
+            problems.append(f"backbone.stem_pool={b.stem_pool!r} (use {', '.join(STEM_POOLS)})")
+        if b.padding not in ("pytorch", "tf_same"):
+            problems.append(f"backbone.padding={b.padding!r} (use 'pytorch' or 'tf_same')")
+        if f.upsample not in FPN_UPSAMPLES:
+            problems.append(f"fpn.upsample={f.upsample!r} (use {', '.join(FPN_UPSAMPLES)})")
         if f.p6_from not in ("c5", "p5"):
             problems.append(f"fpn.p6_from={f.p6_from!r} (use 'c5' or 'p5')")
         if not f.levels or f.levels != list(range(3, 3 + len(f.levels))) or max(f.levels) > 7:
@@ -251,10 +286,16 @@ class ModelSpec:
         p = self.postprocess
         if p.nms_rule not in ("gt", "ge"):
             problems.append(f"postprocess.nms_rule={p.nms_rule!r} (use 'gt' or 'ge')")
-        if p.clip not in ("resized", "resized_minus1", "original", "original_minus1", "padded_lower", "none"):
+        if p.clip not in ("resized", "resized_minus1", "resized_to_original", "original", "original_minus1",
+                          "padded_lower", "none"):
             problems.append(f"postprocess.clip={p.clip!r} is unknown")
         if p.rescale not in ("per_axis", "uniform"):
             problems.append(f"postprocess.rescale={p.rescale!r} (use 'per_axis' or 'uniform')")
+        for name in ("score_thresh_on", "reported_scores"):
+            if getattr(p, name) not in SCORE_KINDS:
+                problems.append(f"postprocess.{name}={getattr(p, name)!r} (use 'probability' or 'logit')")
+        if p.reported_scores == "logit" and p.score_thresh_on != "logit":
+            problems.append("postprocess.reported_scores='logit' needs score_thresh_on='logit' (the logits are the scores)")
         if p.label_map is not None and len(p.label_map) != h.num_classes:
             problems.append(f"postprocess.label_map has {len(p.label_map)} entries, head has {h.num_classes} classes")
         if p.class_names is not None and len(p.class_names) != h.num_classes:

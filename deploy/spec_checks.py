@@ -14,7 +14,6 @@ from typing import Any, Union
 
 from retinanet_trt.errors import UsageError
 
-
 _NAMES = {int: "integer", float: "number", str: "string", bool: "true/false"}
 
 
@@ -93,11 +92,14 @@ def range_problems(spec: Any) -> list[str]:
         ("preprocess.size_divisibility", pre.size_divisibility, 1 <= pre.size_divisibility <= 1024, "between 1 and 1024"),
         ("preprocess.fixed_size", pre.fixed_size, pre.fixed_size is None or (
             len(pre.fixed_size) == 2 and all(1 <= s <= 8192 for s in pre.fixed_size)), "[H, W] between 1 and 8192"),
-        ("postprocess.score_thresh", post.score_thresh, all(0.0 <= t < 1.0 for t in post.score_thresh), "in [0, 1)"),
+        ("postprocess.score_thresh", post.score_thresh, post.score_thresh_on == "logit" or all(
+            0.0 <= t < 1.0 for t in post.score_thresh), "in [0, 1) (any number with score_thresh_on 'logit')"),
         ("postprocess.topk_per_level", post.topk_per_level, post.topk_per_level is None or post.topk_per_level >= 1,
          ">= 1 or null"),
         ("postprocess.nms_iou", post.nms_iou, 0.0 < post.nms_iou <= 1.0, "in (0, 1]"),
         ("postprocess.max_detections", post.max_detections, post.max_detections is None or post.max_detections >= 1,
+         ">= 1 or null"),
+        ("postprocess.max_per_class", post.max_per_class, post.max_per_class is None or post.max_per_class >= 1,
          ">= 1 or null"),
     ]
     return [f"{name}={value!r} must be {rule}" for name, value, ok, rule in checks if not ok]

@@ -427,6 +427,11 @@ def add_end2end(model: onnx.ModelProto, spec: ModelSpec | None = None, nms: str 
     if anchors not in ANCHOR_MODES:
         raise UsageError(f"anchors={anchors!r}: choose one of {', '.join(ANCHOR_MODES)}")
     spec = spec or read_spec(model)
+    post = spec.postprocess
+    if post.score_thresh_on == "logit" or post.max_per_class is not None or post.clip == "resized_to_original":
+        raise UsageError("the end-to-end graph thresholds sigmoid scores and caps detections overall; this spec's "
+                         "logit scores, per-class cap or NMS in original pixels (MindSpore) run in the NumPy "
+                         "post-process: export without --end2end")
     info = read_info(model)
     if info.get("end2end") or any(o.name == "num_dets" for o in model.graph.output):
         raise UsageError("the model already ends in an end-to-end post-process; start from the plain export")

@@ -322,51 +322,6 @@ def test_a_file_without_tensors_is_refused(tmp_path: Path) -> None:
         import_checkpoint(path)
 
 
-def _protobuf_ckpt(tensors: dict[str, tuple[str, tuple[int, ...]]]) -> bytes:
-    """A MindSpore .ckpt: Checkpoint{ repeated Value{ tag, TensorProto{ dims, tensor_type, content } } }."""
-
-    def varint(v: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-            v >>= 7
-            if not v:
-                return bytes(out)
-
-    def field(number: int, payload: bytes) -> bytes:
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-    data = b""
-    for tag, (dtype, dims) in tensors.items():
-        tensor = b"".join(varint(1 << 3) + varint(d) for d in dims) + field(2, dtype.encode())
-        tensor += field(3, bytes(4 * int(np.prod(dims))))
-        data += field(1, field(1, tag.encode()) + field(2, tensor))
-    return data
-
-
-def test_mindspore_retinanet_is_read_and_refused_with_the_reason(tmp_path: Path) -> None:
-    path = tmp_path / "retinanet.ckpt"
-    path.write_bytes(_protobuf_ckpt({
-        "network.backbone.conv1.features.0.weight": ("Float32", (64, 3, 7, 7)),
-        "network.multi_box.multi_cls_layers.0.8.weight": ("Float32", (729, 256, 3, 3)),
-    }))
-    with pytest.raises(UsageError, match=r"MindSpore RetinaNet checkpoint \(2 tensors, e\.g\. "
-                                         r"network\.multi_box\.multi_cls_layers\.0\.8\.weight\) is not supported: .*"
-                                         r"separate head per FPN level"):
-        import_checkpoint(path)
-
-
-def test_mindspore_reader_gives_names_dtypes_and_shapes(tmp_path: Path) -> None:
-    from retinanet_trt.importers.mindspore import read_ckpt_index
-
-    path = tmp_path / "m.ckpt"
-    path.write_bytes(_protobuf_ckpt({"backbone.conv1.weight": ("Float16", (64, 3, 7, 7)), "step": ("Int32", (1,))}))
-    assert read_ckpt_index(path) == {"backbone.conv1.weight": ("Float16", (64, 3, 7, 7)), "step": ("Int32", (1,))}
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(UsageError, match=r"m\.ckpt is truncated or not a checkpoint"):
-        read_ckpt_index(path)
-
-
 def test_torchvision_v1_eps_follows_the_weights_origin() -> None:
     """eps 0 for torchvision's own 91-class COCO_V1 weights (overwrite_eps), 1e-5 for a fine-tuned model."""
     keys = cf.torchvision_keys(v2=False, legacy=False)

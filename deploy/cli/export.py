@@ -12,6 +12,7 @@ from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
 from retinanet_trt.presets import PRESETS, get_preset
+from retinanet_trt.runtime.preprocess import padded_side
 from retinanet_trt.spec import ModelSpec
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
@@ -70,12 +71,13 @@ def build_parser():  # type: ignore[no-untyped-def]
 
 
 def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
-    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333."""
+    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333; a
+    fixed size padded as the pre-process pads it (MindSpore's 600x600 stays 600x600)."""
     pre = spec.preprocess
     if pre.resize == "fixed" and pre.fixed_size:
         h, w = pre.fixed_size
-    else:
-        h, w = pre.min_size, pre.max_size
+        return padded_side(h, pre), padded_side(w, pre)
+    h, w = pre.min_size, pre.max_size
     return (-(-h // 32) * 32, -(-w // 32) * 32)
 
 

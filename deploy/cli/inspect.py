@@ -62,21 +62,29 @@ def describe_spec(spec: ModelSpec) -> list[str]:
     topk = "none" if post.topk_per_level is None else post.topk_per_level
     max_det = "unlimited" if post.max_detections is None else post.max_detections
     sizes = "; ".join("/".join(f"{s:g}" for s in level) for level in a.sizes)
+    h, f = spec.head, spec.fpn
+    per_class = "" if post.max_per_class is None else f"; at most {post.max_per_class} per class"
+    scores = (f"; scores are {'logits' if post.reported_scores == 'logit' else 'probabilities'}, thresholded as "
+              f"{post.score_thresh_on}s" if post.score_thresh_on == "logit" else "")
     return [
         f"backbone    ResNet-{b.depth}, stride in the {'1x1' if b.stride_in_1x1 else '3x3'} conv, "
-        f"norm {b.norm.kind} eps {b.norm.eps:g}, stem pool {b.stem_pool}",
-        f"fpn         {spec.fpn.out_channels} channels, levels P{spec.levels[0]}-P{spec.levels[-1]}, "
-        f"upsample {spec.fpn.upsample}, P6 from {spec.fpn.p6_from}",
-        f"head        {spec.head.num_convs} convs x {spec.head.channels}, norm {spec.head.norm}, "
-        f"{spec.head.num_anchors} anchors x {spec.head.num_classes} classes",
+        f"norm {b.norm.kind} eps {b.norm.eps:g}, stem pool {'SAME -inf' if b.padding == 'tf_same' else b.stem_pool}, "
+        f"padding {b.padding}" + (", ReLU before add" if b.relu_before_add else ""),
+        f"fpn         {f.out_channels} channels, levels P{spec.levels[0]}-P{spec.levels[-1]}, "
+        f"upsample {f.upsample}, P6 from {f.p6_from}" + ("" if f.bias else ", no biases"),
+        f"head        {h.num_convs} convs x {h.channels}, norm {h.norm}, "
+        f"{h.num_anchors} anchors x {h.num_classes} classes, "
+        f"{'shared over levels' if h.shared else 'one head per level'}" + ("" if h.bias else ", no biases"),
         f"anchors     {a.generator} generator, {a.order}, aspect ratios (h/w) {a.aspect_ratios}, sizes {sizes}",
         f"box coder   weights {c.weights}, dw/dh clamp {clamp}, +1 {'yes' if c.plus_one else 'no'}",
         f"preprocess  {pre.channel_order} x{pre.scale:g}, mean {pre.mean}, std {pre.std}, resize {pre.resize} "
-        f"{pre.min_size}/{pre.max_size} ({pre.rounding}) with {pre.resize_impl}, pad to {pre.size_divisibility}"
+        + (f"{pre.fixed_size[0]}x{pre.fixed_size[1]}" if pre.resize == "fixed" and pre.fixed_size else
+           f"{pre.min_size}/{pre.max_size} ({pre.rounding})")
+        + f" with {pre.resize_impl}, pad to {pre.size_divisibility}"
         + (" (+32 when divisible)" if pre.pad_extra_when_divisible else ""),
         f"postprocess {thresh}; top-k per level {topk}; NMS {post.nms_iou:g} ({post.nms_rule}, "
-        f"+1 areas {'yes' if post.nms_plus_one else 'no'}); max detections {max_det}; clip {post.clip}"
-        + ("; drop empty boxes" if post.drop_empty else ""),
+        f"+1 areas {'yes' if post.nms_plus_one else 'no'}); max detections {max_det}{per_class}; clip {post.clip}"
+        + ("; drop empty boxes" if post.drop_empty else "") + scores,
         f"labels      channel 0..{len(labels) - 1} -> ids {labels[0]}..{labels[-1]}, names {', '.join(names[:4])}, ...",
     ]
 

@@ -49,7 +49,7 @@ def check_input_size(spec: ModelSpec, input_hw: tuple[int, int]) -> None:
     if h <= 0 or w <= 0:
         raise UsageError(f"--input-size {h} {w}: both sides must be positive")
     stride = 32  # C5's stride; P6/P7 are strided convs and take any size
-    if spec.fpn.upsample == "scale2" and (h % stride or w % stride):
+    if spec.fpn.upsample in ("scale2", "deconv") and (h % stride or w % stride):
         # x2 upsampling of P5 and P4 only lines up with the laterals when C3..C5 halve exactly.
         ok = (max(stride, round(h / stride) * stride), max(stride, round(w / stride) * stride))
         raise UsageError(

@@ -106,6 +106,9 @@ class Architecture:
     head_norm: str = "none"
     num_anchors: int = 9
     num_classes: int = 80
+    head_shared: bool = True  # False: keys head.{level index}.* (one head per level)
+    fpn_bias: bool = True
+    head_bias: bool = True
     bn_step_counters: bool = False  # norms stored num_batches_tracked: trained as nn.BatchNorm2d
 
 
@@ -141,6 +144,7 @@ def _common_pattern(keys: list[str]) -> str:
 # ResNet blocks per stage -> depth, for basic (no conv3) and bottleneck blocks.
 _DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
     (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101,
+    (True, (3, 8, 36, 3)): 152,
 }
 
 
@@ -161,7 +165,7 @@ def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> A
         if depth is None:
             kind = "bottleneck" if bottleneck else "basic"
             raise UsageError(
-                f"ResNet with {kind} blocks per stage {blocks} is not supported (ResNet-18/34/50/101 are)"
+                f"ResNet with {kind} blocks per stage {blocks} is not supported (ResNet-18/34/50/101/152 are)"
             )
         arch.depth = depth
     if (s := shapes.get("backbone.stem.conv.conv.weight")) is not None:
@@ -170,6 +174,7 @@ def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> A
         arch.width_per_group = s[0]
     if (s := shapes.get("fpn.lateral5.weight")) is not None:
         arch.fpn_channels = s[0]
+        arch.fpn_bias = "fpn.lateral5.bias" in shapes
         c5_channels = s[1]
         if (p6 := shapes.get("fpn.p6.weight")) is not None:
             if p6[1] == c5_channels and p6[1] != arch.fpn_channels:
@@ -178,17 +183,20 @@ def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> A
                 arch.p6_from = "p5"
             else:
                 arch.p6_from = default_p6
-    towers = [k for k in shapes if re.fullmatch(r"head\.cls_tower\.\d+\.conv\.weight", k)]
+    arch.head_shared = not any(re.match(r"head\.\d+\.", k) for k in shapes)
+    head = "head." if arch.head_shared else "head.0."  # per-level heads: level 0 tells the sizes
+    towers = [k for k in shapes if re.fullmatch(re.escape(head) + r"cls_tower\.\d+\.conv\.weight", k)]
     arch.num_convs = len(towers)
-    if (s := shapes.get("head.cls_tower.0.conv.weight")) is not None:
+    if (s := shapes.get(f"{head}cls_tower.0.conv.weight")) is not None:
         arch.head_channels = s[0]
-    if "head.cls_tower.0.norm.weight" in shapes:
+    if f"{head}cls_tower.0.norm.weight" in shapes:
         arch.head_norm = "gn"
-    if (box := shapes.get("head.box_pred.weight")) is not None:
+    arch.head_bias = f"{head}cls_pred.bias" in shapes or f"{head}cls_pred.weight" not in shapes
+    if (box := shapes.get(f"{head}box_pred.weight")) is not None:
         if box[0] % 4:
             raise UsageError(f"box predictor has {box[0]} output channels, not a multiple of 4")
         arch.num_anchors = box[0] // 4
-    if (cls := shapes.get("head.cls_pred.weight")) is not None:
+    if (cls := shapes.get(f"{head}cls_pred.weight")) is not None:
         if cls[0] % arch.num_anchors:
             raise UsageError(
                 f"class predictor has {cls[0]} output channels, not a multiple of {arch.num_anchors} anchors"
@@ -214,6 +222,9 @@ def apply_architecture(spec: ModelSpec, arch: Architecture) -> ModelSpec:
     spec.head.norm = arch.head_norm
     spec.head.num_anchors = arch.num_anchors
     spec.head.num_classes = arch.num_classes
+    spec.head.shared = arch.head_shared
+    spec.head.bias = arch.head_bias
+    spec.fpn.bias = arch.fpn_bias
     return spec
 
 

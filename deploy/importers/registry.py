@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.importers import detectron, detectron2, maskrcnn_benchmark, mindspore, torchvision, yhenon
+from retinanet_trt.importers import caffe, detectron, detectron2, maskrcnn_benchmark, mindspore, torchvision, yhenon
 from retinanet_trt.importers.common import Importer, ImportResult, is_tensor, listing
 from retinanet_trt.importers.safe_load import load_checkpoint_file
 
@@ -18,9 +18,10 @@ IMPORTERS: dict[str, Importer] = {
         maskrcnn_benchmark.IMPORTER,
         yhenon.IMPORTER,
         detectron.IMPORTER,
+        mindspore.IMPORTER,
     )
 }
-SOURCES: list[str] = ["auto", *IMPORTERS, mindspore.NAME]
+SOURCES: list[str] = ["auto", *IMPORTERS, caffe.NAME]
 
 # Below this share of keys named the framework's way, a checkpoint is not that framework's.
 _MIN_SHARE = 0.5
@@ -67,28 +68,32 @@ def detect_source(keys: list[str]) -> tuple[Importer, str]:
     )
 
 
-def import_checkpoint(path: str | Path, source: str = "auto") -> ImportResult:
+def import_checkpoint(path: str | Path, source: str = "auto", prototxt: str | Path | None = None) -> ImportResult:
     """Read a checkpoint safely and convert it to our spec and state dict.
 
     path: a torchvision / maskrcnn-benchmark / yhenon ``.pth``/``.pt``, a detectron2 ``.pkl`` or
-    ``.pth``, a Detectron ``.pkl``; source: "auto" (pick from the key names and say so in
-    result.notes) or one of SOURCES. The returned state_dict loads into
+    ``.pth``, a Detectron ``.pkl``, a MindSpore ``.ckpt`` or ``.safetensors`` (any framework's names
+    in safetensors work too), or a Caffe ``.caffemodel`` with its ``.prototxt`` (`prototxt`, or the
+    file beside it with the same stem); source: "auto" (pick from the key names or the file format
+    and say so in result.notes) or one of SOURCES. The returned state_dict loads into
     ``build_model(result.spec)`` with strict=True (see ImportResult.build_model).
-    Raises UsageError for unsafe, truncated or corrupt files, unknown or mismatched frameworks and
-    missing, unexpected or wrong-shaped tensors; MindSpore ``.ckpt`` files are recognised and
-    refused with the reason (see importers.mindspore).
+    Raises UsageError for unsafe, encrypted, truncated or corrupt files, unknown or mismatched
+    frameworks and missing, unexpected or wrong-shaped tensors.
     """
     if source not in SOURCES:
         raise UsageError(f"unknown --source {source!r}; choose one of: {', '.join(SOURCES)}")
     loaded = load_checkpoint_file(path)
-    if loaded.kind == "mindspore":
-        mindspore.refuse(loaded.obj, path)
-    if source == mindspore.NAME:
-        raise UsageError(f"{path} is not a MindSpore .ckpt (protobuf) file; try --source auto")
+    if loaded.kind == "caffe" or source == caffe.NAME:
+        if loaded.kind != "caffe":
+            raise UsageError(f"{path} is not a Caffe .caffemodel (binary protobuf); try --source auto")
+        return caffe.import_caffe(Path(path), prototxt)
+    if prototxt is not None:
+        raise UsageError(f"--prototxt goes with a Caffe .caffemodel; {path} is a {loaded.kind} checkpoint")
     try:
         tensors, notes = extract_tensors(loaded.obj)
     except UsageError as exc:
         raise UsageError(f"{path} {exc}") from None
+    notes = [*loaded.notes, *notes]
     keys = list(tensors)
     try:
         if source == "auto":

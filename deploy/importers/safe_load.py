@@ -6,7 +6,8 @@
 - plain pickles (detectron2 ``.pkl`` "model" dicts, Detectron/Caffe2 ``.pkl`` "blobs"): a
   restricted unpickler that can only build numpy arrays, dicts, lists, tuples, strings and
   numbers; any other global is refused by name before anything is called;
-- MindSpore ``.ckpt`` (protobuf): tensor names, dtypes and shapes only (see importers.mindspore).
+- MindSpore ``.ckpt`` (protobuf) and ``.safetensors`` files: read as data (importers.mindspore_ckpt);
+- Caffe ``.caffemodel`` (protobuf): recognised here, read with its ``.prototxt`` by importers.caffe.
 
 The file's format is sniffed from its first bytes, not trusted from its extension.
 """
@@ -19,13 +20,14 @@ import io
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.importers import mindspore_ckpt
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -74,10 +76,13 @@ _TORCH_EXTRA_GLOBALS: list[Any] = [
 
 @dataclass
 class LoadedFile:
-    """obj: what the file holds (dicts of tensors / arrays); kind: "torch", "pickle" or "mindspore"."""
+    """obj: what the file holds (dicts of tensors / arrays); kind: "torch", "pickle", "mindspore",
+    "safetensors" or "caffe" (obj None: the caffe importer reads the file with its prototxt);
+    notes: what the reader found (CRC verified, chunks joined)."""
 
     obj: Any
     kind: str
+    notes: list[str] = field(default_factory=list)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -109,15 +114,21 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
     if not p.is_file():
         raise UsageError(f"checkpoint {p} not found")
     with p.open("rb") as f:
-        head = f.read(8)
+        head = f.read(64)
     if not head:
         raise UsageError(f"checkpoint {p} is empty")
     if head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(p):
         return LoadedFile(_torch_load(p), "torch")
-    if head[0] == 0x0A:  # protobuf field 1, length-delimited: MindSpore's Checkpoint.value; no pickle starts so
-        from retinanet_trt.importers.mindspore import read_ckpt_index
-
-        return LoadedFile(read_ckpt_index(p), "mindspore")
+    # Protobuf files start with a field key (0x0A: field 1 or 0x12: field 2, length-delimited; 0xA2 0x06:
+    # field 100); no pickle starts so (protocol 2+ starts with 0x80, protocol 0/1 with an opcode letter).
+    if mindspore_ckpt.cipher_mode(head) or mindspore_ckpt.looks_like_ckpt(head):
+        tensors, notes = mindspore_ckpt.read_ckpt(p)
+        return LoadedFile(tensors, "mindspore", notes)
+    if mindspore_ckpt.looks_like_safetensors(head):
+        tensors, notes = mindspore_ckpt.read_safetensors(p)
+        return LoadedFile(tensors, "safetensors", notes)
+    if head[0] in (0x0A, 0x12) or head.startswith(b"\xa2\x06"):
+        return LoadedFile(None, "caffe")
     try:
         with p.open("rb") as f:
             obj = load_pickle(f)

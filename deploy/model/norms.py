@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retinanet_trt.model.padding import pad_same
 from retinanet_trt.spec import NormSpec
 
 
@@ -38,14 +39,21 @@ class FrozenNorm(nn.Module):
 
 
 class ConvNorm(nn.Module):
-    """conv (no bias) followed by a frozen norm; `fold_frozen_norms` turns it into one biased conv."""
+    """conv (no bias) followed by a frozen norm; `fold_frozen_norms` turns it into one biased conv.
+
+    same_pad: a strided conv pads SAME_UPPER (MindSpore 'same') instead of `padding` on both sides;
+    stride-1 convs with odd kernels pad k // 2 either way.
+    """
 
     def __init__(
-        self, in_ch: int, out_ch: int, kernel: int, stride: int, padding: int, norm: NormSpec
+        self, in_ch: int, out_ch: int, kernel: int, stride: int, padding: int, norm: NormSpec, same_pad: bool = False
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias=False)
+        self.same_window = (kernel, stride) if same_pad and stride > 1 else None
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, 0 if self.same_window else padding, bias=False)
         self.norm: nn.Module = FrozenNorm(out_ch, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_window is not None:
+            x = pad_same(x, *self.same_window)
         return self.norm(self.conv(x))

@@ -1,4 +1,4 @@
-"""ResNet 18/34/50/101 returning C3, C4, C5, with the stride in the 1x1 or the 3x3 conv."""
+"""ResNet 18/34/50/101/152 returning C3, C4, C5, with the stride in the 1x1 or the 3x3 conv."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from retinanet_trt.model.norms import ConvNorm
+from retinanet_trt.model.padding import pad_same
 from retinanet_trt.spec import BackboneSpec, NormSpec
 
-BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def _residual(out: torch.Tensor, identity: torch.Tensor, projected: bool, spec: BackboneSpec) -> torch.Tensor:
+    """relu(out + identity); MindSpore also applies ReLU to the branch and to a projected shortcut first."""
+    if spec.relu_before_add:
+        out = F.relu(out)
+        if projected:
+            identity = F.relu(identity)
+    return F.relu(out + identity)
 
 
 class BasicBlock(nn.Module):
@@ -18,13 +28,15 @@ class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, width: int, stride: int, spec: BackboneSpec) -> None:
         super().__init__()
         out_ch = width * self.expansion
-        self.conv1 = ConvNorm(in_ch, width, 3, stride, 1, spec.norm)
+        same = spec.padding == "tf_same"
+        self.spec = spec
+        self.conv1 = ConvNorm(in_ch, width, 3, stride, 1, spec.norm, same)
         self.conv2 = ConvNorm(width, out_ch, 3, 1, 1, spec.norm)
         self.downsample = ConvNorm(in_ch, out_ch, 1, stride, 0, spec.norm) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + identity)
+        return _residual(self.conv2(F.relu(self.conv1(x))), identity, self.downsample is not None, self.spec)
 
 
 class Bottleneck(nn.Module):
@@ -33,11 +45,13 @@ class Bottleneck(nn.Module):
     def __init__(self, in_ch: int, width: int, stride: int, spec: BackboneSpec) -> None:
         super().__init__()
         out_ch = width * self.expansion
+        same = spec.padding == "tf_same"
+        self.spec = spec
         # MSRA/Caffe-trained weights (detectron2, maskrcnn-benchmark, Detectron) put the stride in
-        # the first 1x1 conv; torchvision's "ResNet v1.5" puts it in the 3x3.
+        # the first 1x1 conv; torchvision's "ResNet v1.5" (and MindSpore) puts it in the 3x3.
         s1, s3 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
         self.conv1 = ConvNorm(in_ch, width, 1, s1, 0, spec.norm)
-        self.conv2 = ConvNorm(width, width, 3, s3, 1, spec.norm)
+        self.conv2 = ConvNorm(width, width, 3, s3, 1, spec.norm, same)
         self.conv3 = ConvNorm(width, out_ch, 1, 1, 0, spec.norm)
         self.downsample = ConvNorm(in_ch, out_ch, 1, stride, 0, spec.norm) if stride != 1 or in_ch != out_ch else None
 
@@ -45,22 +59,29 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.conv1(x))
         out = F.relu(self.conv2(out))
-        return F.relu(self.conv3(out) + identity)
+        return _residual(self.conv3(out), identity, self.downsample is not None, self.spec)
 
 
 class Stem(nn.Module):
-    """7x7/2 conv + norm + ReLU + 3x3/2 max-pool (PyTorch: p1 floor; Caffe: p0 ceil_mode)."""
+    """7x7/2 conv + norm + ReLU + 3x3/2 max-pool: PyTorch p1 floor, Caffe p0 or p1 ceil_mode, or
+    SAME_UPPER with -inf padding (MindSpore; it then pads the 7x7 conv the same way)."""
 
-    def __init__(self, out_ch: int, norm: NormSpec, pool: str) -> None:
+    def __init__(self, out_ch: int, norm: NormSpec, pool: str, padding: str) -> None:
         super().__init__()
-        self.conv = ConvNorm(3, out_ch, 7, 2, 3, norm)
-        if pool == "caffe_ceil":
-            self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        else:
+        self.same = padding == "tf_same"
+        self.conv = ConvNorm(3, out_ch, 7, 2, 3, norm, self.same)
+        if self.same:
+            self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)
+        elif pool == "pytorch":
             self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1 if pool == "caffe_ceil_p1" else 0, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(F.relu(self.conv(x)))
+        x = F.relu(self.conv(x))
+        if self.same:
+            x = pad_same(x, 3, 2, value=float("-inf"))
+        return self.pool(x)
 
 
 class ResNet(nn.Module):
@@ -69,7 +90,7 @@ class ResNet(nn.Module):
     def __init__(self, spec: BackboneSpec) -> None:
         super().__init__()
         block = BasicBlock if spec.depth in (18, 34) else Bottleneck
-        self.stem = Stem(spec.stem_channels, spec.norm, spec.stem_pool)
+        self.stem = Stem(spec.stem_channels, spec.norm, spec.stem_pool, spec.padding)
         in_ch = spec.stem_channels
         self.out_channels: list[int] = []
         for stage, n_blocks in enumerate(BLOCKS_PER_STAGE[spec.depth]):

@@ -1,4 +1,4 @@
-"""RetinaNet = ResNet + FPN + shared heads; raw per-level outputs, no post-processing."""
+"""RetinaNet = ResNet + FPN + heads (shared or per level); raw per-level outputs, no post-processing."""
 
 from __future__ import annotations
 
@@ -29,12 +29,17 @@ class RetinaNet(nn.Module):
         spec.validate()
         self.spec = spec
         self.backbone = ResNet(spec.backbone)
-        self.fpn = FPN(self.backbone.out_channels, spec.fpn)
-        self.head = RetinaHead(spec.fpn.out_channels, spec.head)
+        self.fpn = FPN(self.backbone.out_channels, spec.fpn, same_pad=spec.backbone.padding == "tf_same")
+        # An unshared head is a ModuleList, head.{i} for level levels[i].
+        self.head: nn.Module = (
+            RetinaHead(spec.fpn.out_channels, spec.head) if spec.head.shared
+            else nn.ModuleList(RetinaHead(spec.fpn.out_channels, spec.head) for _ in spec.levels)
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.fpn(self.backbone(images))
-        outs = [self.head(f) for f in features]
+        heads = list(self.head) if isinstance(self.head, nn.ModuleList) else [self.head] * len(features)
+        outs = [head(f) for head, f in zip(heads, features)]
         return tuple(c for c, _ in outs) + tuple(b for _, b in outs)
 
 

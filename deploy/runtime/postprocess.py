@@ -61,7 +61,10 @@ def _level_candidates(
     flat = logits.reshape(-1)
     floor = score_prefilter(thresh)
     picked = None
-    if topk is not None:
+    if spec.postprocess.score_thresh_on == "logit":  # MindSpore: the raw logit is the score
+        idx = np.flatnonzero(flat > np.float32(thresh))
+        picked = idx, flat[idx].astype(np.float32)
+    elif topk is not None:
         bound = _topk_bound(flat, floor, topk)
         if bound is not None:
             picked = _candidates_above(flat, bound, thresh)
@@ -357,6 +360,15 @@ def postprocess(
     return results
 
 
+def _first_per_class(classes: np.ndarray, cap: int) -> np.ndarray:
+    """Mask (n,) keeping the first `cap` entries of each class of classes (n,), given in priority order."""
+    order = np.argsort(classes, kind="stable")
+    sorted_classes = classes[order]
+    rank = np.empty(classes.size, dtype=np.int64)
+    rank[order] = np.arange(classes.size) - np.searchsorted(sorted_classes, sorted_classes, side="left")
+    return rank < cap
+
+
 def _merge(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], spec: ModelSpec, meta: ImageMeta, label_ids: np.ndarray,
     names: list[str],
@@ -374,13 +386,23 @@ def _merge(
         _clip(boxes, meta.resized_hw[1] - 1, meta.resized_hw[0] - 1)
     elif post.clip == "padded_lower":  # yhenon: padded input, x1/y1 from below, x2/y2 from above
         _clip(boxes, meta.input_hw[1], meta.input_hw[0], lower_only_xy1=True)
+    elif post.clip == "resized_to_original":  # MindSpore: clip to the [0, 1] frame, scale to the image, NMS there
+        _clip(boxes, meta.resized_hw[1], meta.resized_hw[0])
+        boxes = _to_original(boxes, meta, spec)
+        in_original = True
     elif post.clip == "original_minus1":  # Detectron rescales and clips before its NMS
         boxes = _to_original(boxes, meta, spec)
         _clip(boxes, meta.original_hw[1] - 1, meta.original_hw[0] - 1)
         in_original = True
 
-    keep = batched_nms(boxes, scores, classes, post.nms_iou, post.nms_rule, post.nms_plus_one, post.max_detections)
+    per_class = post.max_per_class is not None
+    keep = batched_nms(boxes, scores, classes, post.nms_iou, post.nms_rule, post.nms_plus_one,
+                       None if per_class else post.max_detections)
+    if per_class:  # MindSpore: the first max_boxes NMS keeps of each class, no overall cap by default
+        keep = keep[_first_per_class(classes[keep], post.max_per_class)][: post.max_detections]
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if post.score_thresh_on == "logit" and post.reported_scores == "probability":
+        scores = sigmoid(scores)
     if not in_original:
         boxes = _to_original(boxes, meta, spec)
     if post.clip == "original":  # detectron2's detector_postprocess, after NMS and the cap

@@ -3,7 +3,8 @@
 Each image is decoded to 8-bit RGB, then resized and normalised in the order and arithmetic of its
 framework (spec.preprocess.resize_impl, kernels in runtime/resize.py): Pillow on the uint8 image
 before normalising (detectron2, maskrcnn-benchmark), or normalise first and resize the float image
-with PyTorch's bilinear kernel (torchvision), scikit-image (yhenon) or OpenCV (Detectron).
+with PyTorch's bilinear kernel (torchvision), scikit-image (yhenon) or OpenCV (Detectron); or OpenCV
+on the uint8 image before normalising (MindSpore).
 Normalising reorders channels, divides by 1/`scale` (the frameworks' `/ 255`), subtracts mean and
 divides by std. Padding is zeros bottom/right *after* normalisation, as in every framework's
 batching. Output sizes follow each framework's own rounding (facts/checkpoint-formats.md 1g, 2f,
@@ -173,6 +174,8 @@ def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) 
     elif impl == "cv2_float":  # subtract the means, then cv2.resize(fx=fy=scale)
         scale = resize_scale(pixels.shape[:2], pre) if pre.resize == "shortest_edge" else None
         x = resize.cv2_float(_normalized(pixels, pre), hw, scale)
+    elif impl == "cv2_uint8":  # cv2.resize the 8-bit image to hw, then normalise
+        x = _normalized(resize.cv2_uint8(pixels, hw), pre)
     else:
         raise UsageError(f"preprocess.resize_impl={impl!r} (use {', '.join(RESIZE_IMPLS)})")
     return x.transpose(2, 0, 1)

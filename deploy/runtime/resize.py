@@ -7,6 +7,7 @@ All take and return channels-last images: (H, W, C) -> (h, w, C).
     torch_bilinear        float32: PyTorch's CPU upsample_bilinear2d, reimplemented in NumPy (torchvision)
     skimage_float         float64 -> float32: skimage.transform.resize (yhenon)
     cv2_float             float32: cv2.resize INTER_LINEAR (Detectron)
+    cv2_uint8             uint8 -> uint8: cv2.resize INTER_LINEAR to a given size (MindSpore)
 
 No torch here (the runtime deploys without it); scikit-image and OpenCV are imported on first use so
 a runtime that never meets those specs does not pay for their import.
@@ -132,3 +133,12 @@ def cv2_float(x: np.ndarray, hw: tuple[int, int], scale: float | None) -> np.nda
             f"{h}x{w}; use preprocess.rounding='detectron' with resize_impl='cv2_float'"
         )
     return out
+
+
+def cv2_uint8(pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 with cv2.resize(dsize=(w, h)) and its default INTER_LINEAR,
+    OpenCV's fixed-point uint8 kernel: MindSpore RetinaNet's `cv2.resize(image, (input_w, input_h))`."""
+    import cv2
+
+    h, w = hw
+    return cv2.resize(np.ascontiguousarray(pixels), (w, h), interpolation=cv2.INTER_LINEAR)
