@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 # Packages whose every module must import without torch.
-TORCH_FREE_PACKAGES = ["retinanet_trt.runtime", "retinanet_trt.calib", "retinanet_trt.plugins"]
+TORCH_FREE_PACKAGES = ["retinanet_trt.runtime", "retinanet_trt.calib", "retinanet_trt.plugins", "retinanet_trt.serve"]
 # Single modules on the inference path (and the spec they all read).
 TORCH_FREE_MODULES = [
     "retinanet_trt", "retinanet_trt.spec", "retinanet_trt.presets", "retinanet_trt.bench", "retinanet_trt.evaluate",
@@ -29,7 +29,7 @@ TORCH_FREE_MODULES = [
 # Every console script: its module must import without torch, and --help must work.
 COMMANDS = {
     "trt-infer": "infer", "trt-eval": "eval", "trt-bench": "bench", "trt-calib": "calib",
-    "trt-build": "build", "trt-export": "export", "trt-inspect": "inspect",
+    "trt-build": "build", "trt-export": "export", "trt-inspect": "inspect", "trt-serve": "serve",
 }
 
 # Runs in the child: block torch with a finder that records which module-level code asked for it.
@@ -89,7 +89,8 @@ def test_runtime_calib_plugins_import_without_torch() -> None:
     checked = set(result["checked"])
     # The walk really covered the packages (a typo in a package name would check nothing).
     assert {"retinanet_trt.runtime.postprocess", "retinanet_trt.runtime.anchors", "retinanet_trt.calib.int8",
-            "retinanet_trt.plugins.end2end", "retinanet_trt.runtime.backends.ort_backend"} <= checked
+            "retinanet_trt.plugins.end2end", "retinanet_trt.runtime.backends.ort_backend",
+            "retinanet_trt.serve.triton_python", "retinanet_trt.serve.repository"} <= checked
 
 
 def test_blocker_names_the_chain() -> None:

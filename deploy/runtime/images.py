@@ -7,7 +7,9 @@ gives every backend the same pixels. Channel order for the network is chosen lat
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -111,18 +113,38 @@ def _load_path(path: Path) -> LoadedImage:
         raise ImageLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a folder, not an image")
+    return _decode(path, str(path))
+
+
+def decode_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int | None = None) -> LoadedImage:
+    """Encoded image bytes (JPEG, PNG, ...) -> LoadedImage, decoded exactly as a file of those bytes
+    is (EXIF rotation included), so a server's detections equal trt-infer's on the file.
+
+    max_pixels: refuse larger images (width x height, read from the header before decoding) with an
+    ImageLoadError naming the size, so one request cannot make a server decode a gigapixel image.
+    """
+    if not data:
+        raise ImageLoadError(f"{source}: empty (0 bytes), not an image")
+    return _decode(io.BytesIO(data), source, max_pixels)
+
+
+def _decode(fp: Path | io.BytesIO, source: str, max_pixels: int | None = None) -> LoadedImage:
     try:
         # Decompression-bomb warnings become errors: a 1-gigapixel input is a mistake here.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(fp) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageLoadError(f"{source}: {img.width}x{img.height} pixels, more than the limit of "
+                                         f"{max_pixels} pixels; send a smaller image")
                 img.load()  # decode now, so truncated files fail here with the file's name
-                pixels = _pil_to_rgb8(img, str(path))
+                pixels = _pil_to_rgb8(img, source)
     except ImageLoadError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-    return LoadedImage(pixels, str(path))
+        detail = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # PIL names the buffer object
+        raise ImageLoadError(f"{source}: cannot read image ({type(exc).__name__}: {detail})") from exc
+    return LoadedImage(pixels, source)
 
 
 def _pil_to_rgb8(img: Image.Image, source: str) -> np.ndarray:

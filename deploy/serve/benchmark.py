@@ -1,0 +1,159 @@
+"""trt-serve bench over a repository (started here, dynamic batching on and off) or a running server:
+throughput and latency percentiles per protocol and concurrency, as JSON and a PNG."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinanet_trt.errors import UsageError
+from retinanet_trt.serve import loadtest
+from retinanet_trt.serve.repository import MARKER, read_record
+from retinanet_trt.versions import package_versions
+
+_BATCHING = re.compile(r"^dynamic_batching \{\n(?:  .*\n)*?\}\n?", re.MULTILINE)
+
+
+def set_dynamic_batching(config_text: str, on: bool, max_queue_delay_us: int = 100) -> str:
+    """A network config.pbtxt (as trt-serve export writes it) with dynamic batching on or off."""
+    text = _BATCHING.sub("", config_text)
+    if on:
+        text = text.rstrip("\n") + f"\ndynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+    return text
+
+
+def variant_repository(repo: Path, dynamic_batching: bool, folder: Path) -> Path:
+    """A copy of `repo` in `folder` whose files are links to the originals, except the network's
+    config.pbtxt, which has dynamic batching as asked (the model files are never copied)."""
+    record = read_record(repo)
+    network = record["models"]["network"]
+    delay = int(record["options"]["max_queue_delay_us"])
+    out = folder / f"{repo.name}-batching-{'on' if dynamic_batching else 'off'}"
+    for src in repo.rglob("*"):
+        dst = out / src.relative_to(repo)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        elif src == repo / network / "config.pbtxt":
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(set_dynamic_batching(src.read_text(), dynamic_batching, delay))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src.resolve(), dst)
+    return out
+
+
+def bench_server(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
+                 concurrencies: Sequence[int], requests: int, protocols: Sequence[str], label: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for protocol in protocols:
+        url = http_url if protocol == "http" else grpc_url
+        loadtest.wait_until_ready(url, protocol, model)
+        for c in concurrencies:
+            result = loadtest.measure(url, protocol, model, payloads, c, requests)
+            rows.append({**label, **result.to_dict()})
+    return rows
+
+
+def bench_repository(repo: Path, payloads: Sequence[bytes | np.ndarray], concurrencies: Sequence[int], requests: int,
+                     protocols: Sequence[str], batching: Sequence[bool] = (True, False)) -> dict[str, Any]:
+    """Start the bundled Triton on `repo` once per dynamic-batching setting and load it."""
+    from retinanet_trt.serve.server import TritonServer
+
+    record = read_record(repo)
+    model = record["models"]["ensemble"]
+    rows: list[dict[str, Any]] = []
+    triton = None
+    with tempfile.TemporaryDirectory(prefix="trt-serve-bench.") as tmp:
+        for on in batching:
+            variant = variant_repository(repo, on, Path(tmp))
+            with TritonServer(variant, log_path=Path(tmp) / f"triton-{'on' if on else 'off'}.log") as server:
+                assert server.install is not None
+                triton = server.install.version
+                rows += bench_server(server.http_url, server.grpc_url, model, payloads, concurrencies, requests,
+                                     protocols, {"dynamic_batching": on})
+    return {"target": str(repo), "model": model, "triton_version": triton, "repository": _summary(record),
+            "results": rows, "versions": package_versions()}
+
+
+def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
+              concurrencies: Sequence[int], requests: int, protocols: Sequence[str]) -> dict[str, Any]:
+    """Load a server that is already running (its configuration is whatever it was started with)."""
+    client = loadtest.make_client("http", http_url) if "http" in protocols else None
+    batching = None
+    triton = None
+    if client is not None:
+        try:
+            config = client.get_model_config(model)
+            batching = None  # an ensemble has none itself; its network model may
+            triton = client.get_server_metadata().get("version")
+            steps = config.get("ensemble_scheduling", {}).get("step", [])
+            if len(steps) > 1:
+                batching = "dynamic_batching" in client.get_model_config(steps[1]["model_name"])
+        except Exception:  # noqa: BLE001 - the labels are informative only
+            pass
+        finally:
+            client.close()
+    rows = bench_server(http_url, grpc_url, model, payloads, concurrencies, requests, protocols,
+                        {"dynamic_batching": batching})
+    return {"target": http_url, "model": model, "triton_version": triton, "results": rows, "versions": package_versions()}
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("platform", "backend", "max_batch_size", "network_kind", "end2end", "precision")
+    return {**{k: record.get(k) for k in keys}, "instances": record["options"]["instances"],
+            "max_queue_delay_us": record["options"]["max_queue_delay_us"], "threads": record["options"]["threads"],
+            "source": record["source"]["file"]}
+
+
+def plot(report: dict[str, Any], png: Path) -> None:
+    """Throughput and p99 latency against concurrency, one line per protocol and batching setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retinanet_trt.fileio import atomic_path
+
+    fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for row in report["results"]:
+        on = row.get("dynamic_batching")
+        label = f"{row['protocol']}, batching {'on' if on else 'off' if on is False else '?'}"
+        series.setdefault(label, []).append(row)
+    for label, rows in series.items():
+        rows = sorted(rows, key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        ax_t.plot(xs, [r["throughput_rps"] for r in rows], marker="o", label=label)
+        ax_p.plot(xs, [r["latency_ms"].get("p99", float("nan")) for r in rows], marker="o", label=label)
+    for ax, title, unit in ((ax_t, "throughput", "requests / s"), (ax_p, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_t.legend(fontsize=8)
+    fig.suptitle(f"Triton {report.get('triton_version') or ''} ensemble {report['model']}: one image per request")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def is_repository(target: str) -> bool:
+    return (Path(target) / MARKER).is_file()
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--concurrency {text!r}: give comma-separated integers, e.g. 1,4,16") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"--concurrency {text!r}: each level must be >= 1")
+    return values
