@@ -149,6 +149,20 @@ def test_export_onto_a_full_tmpfs_is_one_line_and_leaves_nothing(small_tmpfs: Pa
     assert not list(small_tmpfs.iterdir())
 
 
+def test_calibration_onto_a_full_tmpfs_is_one_line_and_leaves_nothing(small_tmpfs: Path, tmp_path: Path) -> None:
+    from retinanet_trt.demo import load_demo
+    from retinanet_trt.export.pipeline import ExportOptions, export_onnx
+
+    spec, model = load_demo()  # its FP16 copy (about 3 MB) cannot fit 1 MiB
+    src = tmp_path / "demo.onnx"
+    export_onnx(model, spec, src, ExportOptions(input_hw=(256, 320)))
+    done = _run([str(BIN / "trt-calib"), str(src), "--fp16", "-o", str(small_tmpfs / "demo.fp16.onnx")])
+    assert done.returncode == 1, done.stderr
+    err = _real_lines(done.stderr)
+    assert len(err) == 1 and "no space left on device" in err[0], err
+    assert not list(small_tmpfs.iterdir())
+
+
 def test_infer_onto_a_full_tmpfs_leaves_no_pngs_without_their_json(small_tmpfs: Path, tmp_path: Path, tiny_onnx) -> None:  # type: ignore[no-untyped-def]
     onnx_path, _ = tiny_onnx
     images = tmp_path / "imgs"
