@@ -5,7 +5,6 @@ python stages compute trt-infer's detections in-process; bad input is one line, 
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import fake_engine
 
-from retinanet_trt.build import SIDECAR_FORMAT
 from retinanet_trt.errors import UsageError
 from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.detector import Detector
@@ -34,31 +33,8 @@ def _configs(repo: Path) -> dict[str, Any]:
     return {c.parent.name: check_config(c.read_text(), str(c)) for c in sorted(repo.glob("*/config.pbtxt"))}
 
 
-def _fake_engine(tmp_path: Path, end2end: bool = False, trt: str = "10.3.0.26") -> Path:
-    """An engine file with a trt-build sidecar (the bytes are never parsed: no TensorRT here)."""
-    spec = get_preset("tiny")
-    a, k = spec.head.num_anchors, spec.head.num_classes
-    io_ = [{"name": "images", "mode": "input", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
-    if end2end:
-        io_ += [{"name": "num_dets", "mode": "output", "dtype": "int32", "shape": [-1]},
-                {"name": "boxes", "mode": "output", "dtype": "float32", "shape": [-1, 100, 4]},
-                {"name": "scores", "mode": "output", "dtype": "float32", "shape": [-1, 100]},
-                {"name": "labels", "mode": "output", "dtype": "int32", "shape": [-1, 100]}]
-    else:
-        io_ += [{"name": f"{kind}_p{lv}", "mode": "output", "dtype": "float32", "shape": [-1, a * c, -1, -1]}
-                for kind, c in (("cls", k), ("box", 4)) for lv in spec.levels]
-    engine = tmp_path / ("e2e.engine" if end2end else "m.engine")
-    engine.write_bytes(b"\0" * 64)
-    sidecar = {"format": SIDECAR_FORMAT, "engine_bytes": 64, "tensorrt_version": trt, "precision": "fp16",
-               "gpu": {"name": "NVIDIA A10", "compute_capability": "8.6"}, "options": {"version_compatible": False},
-               "profiles": [{"images": [[1, 3, 128, 128], [4, 3, 256, 320], [4, 3, 320, 352]]}],
-               "io": io_, "spec": spec.to_dict()}
-    (tmp_path / f"{engine.name}.json").write_text(json.dumps(sidecar))
-    return engine
-
-
 def test_tensorrt_plan_repository_parses_and_takes_the_engine_profile_limits(tmp_path: Path) -> None:
-    engine = _fake_engine(tmp_path)
+    engine = fake_engine(tmp_path)
     record = export_repository(engine, tmp_path / "repo", ServeOptions(name="det", max_batch=16, instances=2,
                                                                         dynamic_batching=True, max_queue_delay_us=500))
     configs = _configs(tmp_path / "repo")
@@ -84,7 +60,7 @@ def test_tensorrt_plan_repository_parses_and_takes_the_engine_profile_limits(tmp
 
 
 def test_end2end_engine_gets_a_rescale_model_and_a_scalar_reshape(tmp_path: Path) -> None:
-    export_repository(_fake_engine(tmp_path, end2end=True), tmp_path / "r", ServeOptions())
+    export_repository(fake_engine(tmp_path, end2end=True), tmp_path / "r", ServeOptions())
     configs = _configs(tmp_path / "r")
     assert "retinanet_rescale" in configs and "retinanet_postprocess" not in configs
     num = next(o for o in configs["retinanet_network"].output if o.name == "num_dets")

@@ -115,8 +115,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         server.start()
         assert server.ports is not None and server.install is not None
+        assert server.process is not None
         print(f"Triton {server.install.version} ready on {args.repo}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-              f"metrics 127.0.0.1:{server.ports.metrics}; log {server.log_path}; Ctrl-C stops it", flush=True)
+              f"metrics 127.0.0.1:{server.ports.metrics}; pid {server.process.pid}, log {server.log_path}; "
+              "Ctrl-C stops it", flush=True)
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
         raise EnvironmentFault(f"Triton stopped by itself: {server.log_tail()} (log: {server.log_path})")

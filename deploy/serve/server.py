@@ -127,7 +127,7 @@ class TritonServer:
                "--http-address", HOST, "--grpc-address", HOST, "--metrics-address", HOST,
                "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
                # Every model must load, and stop() should not wait long for requests still in flight.
-               "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
+               "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=5",
                "--disable-auto-complete-config", *self.extra_args]
         env = {**os.environ, environment.ENV_VAR: str(site)}
         if self.log_path is None:
@@ -189,9 +189,12 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             process.wait()
-        # Stub processes that outlived the server (they are in its group) go too.
+        # Stub processes that outlived the server (they are in its group) go too, and are waited for.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return process.returncode
 
     def __enter__(self) -> TritonServer:
@@ -205,12 +208,35 @@ class _PortTaken(Exception):
     pass
 
 
+def processes_using(path: Path) -> list[int]:
+    """Pids of live processes whose command line names `path` or a file under it (Linux /proc)."""
+    needle = str(Path(path).resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (proc / "stat").read_text()
+            if needle in cmdline and ") Z " not in stat:  # zombies are gone, only not yet reaped
+                found.append(int(proc.name))
+    return found
+
+
 def group_alive(pgid: int) -> bool:
-    """Whether any process of group `pgid` still exists (the tests' no-process-left check)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Whether a live (not zombie) process of group `pgid` exists: the no-process-left check."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
         return True
-    return True
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # /proc/PID/stat: pid (comm) state ppid pgrp ...; comm may hold spaces, so split after ')'
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
