@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from retinanet_trt.spec import ModelSpec
 _MAX_PAIRS_PER_CLASS = 200_000
 
 
+@lru_cache(maxsize=1024)  # a handful of thresholds per model: skip the log and nextafter per level and image
 def score_prefilter(thresh: float) -> np.float32:
     """The float32 logit bound below which sigmoid(x) (as float32) cannot exceed thresh.
 
