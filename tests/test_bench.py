@@ -244,3 +244,23 @@ def test_end_to_end_model_shows_in_graph_postprocess_as_its_own_row(tmp_path: Pa
     levels = json.loads(out.read_text())["results"]["ort-cpu"]["per_level_ms"]
     assert levels["post"] > 0 and levels["backbone"] > 0
     assert levels.get("other", 0.0) < levels["post"]
+
+
+def test_batch_counts_images_in_throughput_and_device_flags_are_checked(tiny_onnx, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from retinanet_trt.cli import bench as bench_cli
+
+    out = tmp_path / "b.json"
+    assert bench_cli.main([str(tiny_onnx[0]), "--input-size", "64", "96", "--warmup", "1", "--iterations", "3",
+                           "--profile-runs", "0", "--batch", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["protocol"]["batch"] == 3
+    r = report["results"]["ort-cpu"]
+    # Throughput counts images: 3 per timed inference.
+    per_batch_s = r["stages_ms"]["end_to_end"]["mean"] / 1e3
+    assert abs(r["throughput_ips"] - 3 / per_batch_s) / r["throughput_ips"] < 1e-6
+    capsys.readouterr()
+    for extra, message in ((["--device", "0"], "picks a GPU"), (["--cuda-graph"], "--backend trt"), (["--batch", "0"], "--batch 0")):
+        assert bench_cli.main([str(tiny_onnx[0]), *extra]) == 2
+        assert message in capsys.readouterr().err

@@ -32,6 +32,9 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--profile-runs", type=int, help="profiled runs for the per-level split (default: --iterations; 0: none)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and PyTorch (0: their default)")
     p.add_argument("--torch-checkpoint", help="weights for the torch backend when MODEL is an ONNX file")
+    p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    p.add_argument("--device", type=int, help="GPU index for trt, ort-cuda and ort-trt (default 0)")
+    p.add_argument("--cuda-graph", action="store_true", help="trt: replay a CUDA graph per input shape")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--plot", help="write a PNG bar chart here")
     return p
@@ -60,7 +63,8 @@ def _main(argv: list[str] | None) -> int:
     opts = BenchOptions(
         input_hw=tuple(args.input_size) if args.input_size else None,  # type: ignore[arg-type]
         warmup=args.warmup, iterations=args.iterations, profile_runs=args.profile_runs, threads=args.threads,
-        images=args.images, torch_checkpoint=args.torch_checkpoint,
+        images=args.images, torch_checkpoint=args.torch_checkpoint, batch=args.batch, device=args.device,
+        cuda_graph=args.cuda_graph,
     )
     report = run_bench(args.model, backends, opts, log=lambda msg: print(f"trt-bench: {msg}", file=sys.stderr))
     print(format_report(report))

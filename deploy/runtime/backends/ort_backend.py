@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -74,7 +75,7 @@ class OrtBackend:
     maybe a fixed batch; larger batches are then run one image at a time.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0,
+    def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0, device: int = 0,
                  profile_dir: str | None = None, arithmetic: str = FUSED) -> None:
         import onnxruntime as ort
 
@@ -95,7 +96,9 @@ class OrtBackend:
         if profile_dir:
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        # The CUDA and TensorRT providers take the GPU index; the CPU provider has no device to pick.
+        providers: list[Any] = ([provider] if provider == "CPUExecutionProvider"
+                                else [(provider, {"device_id": device}), "CPUExecutionProvider"])
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
