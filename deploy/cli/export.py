@@ -32,6 +32,8 @@ EXAMPLES = """\
   trt-export --spec my_spec.json --random-init --seed 3 --input-size 256 320 -o custom.onnx
   trt-export --demo --end2end -o demo_e2e.onnx
   trt-export model_final.pth --spec overrides.json --class-names names.txt --set postprocess.nms_iou=0.6 -o m.onnx
+  trt-export retinanet-500_458.ckpt -o ms.onnx       # MindSpore: 600x600 (640 for R152) from the spec
+  trt-export text.caffemodel --prototxt text.prototxt --class-names names.txt --resize 480 640 -o text.onnx
 """
 
 
@@ -40,6 +42,8 @@ def build_parser():  # type: ignore[no-untyped-def]
                     "tag node names by FPN level, store the spec, and check every output against PyTorch.", EXAMPLES)
     p.add_argument("checkpoint", nargs="?", help="checkpoint from a training framework (see trt-inspect)")
     p.add_argument("--source", default="auto", help="framework of CHECKPOINT (default: auto-detect)")
+    p.add_argument("--prototxt", type=Path, help="the .prototxt of a Caffe .caffemodel CHECKPOINT (default: the one "
+                   "beside it with the same stem, or deploy.prototxt)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help=f"named model: {', '.join(PRESETS)}")
     src.add_argument("--spec", type=Path, help="model spec JSON file")
@@ -135,7 +139,7 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
         if args.checkpoint:
             from retinanet_trt.importers import import_checkpoint
 
-            result = import_checkpoint(args.checkpoint, source=args.source)
+            result = import_checkpoint(args.checkpoint, source=args.source, prototxt=args.prototxt)
             spec = result.spec
             model = build_model(spec)
             model.load_state_dict(result.state_dict, strict=True)
@@ -200,7 +204,8 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("--nms chooses the NMS of the end-to-end graph; add --end2end")
     check_export_args(args)
     check_outputs({"-o": args.output, "--json": args.json},
-                  {"CHECKPOINT": args.checkpoint, "--spec": args.spec, "--class-names": args.class_names})
+                  {"CHECKPOINT": args.checkpoint, "--spec": args.spec, "--class-names": args.class_names,
+                   "--prototxt": args.prototxt})
     spec, model, info = load_model(args)
     input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
     opts = ExportOptions(input_hw=input_hw, batch=args.batch, dynamic=args.dynamic, opset=args.opset,  # type: ignore[arg-type]

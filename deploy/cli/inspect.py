@@ -17,6 +17,8 @@ EXAMPLES = """\
   trt-inspect model_final_bfca0b.pkl                    # detectron2 model zoo, framework auto-detected
   trt-inspect retinanet_resnet50_fpn_coco-eeacb38b.pth --source torchvision
   trt-inspect model_final.pkl --json inspect.json --spec-json spec.json
+  trt-inspect retinanet-500_458.ckpt                   # MindSpore model zoo (.ckpt or .safetensors)
+  trt-inspect retinanet.caffemodel --prototxt deploy.prototxt
 """
 
 
@@ -28,7 +30,9 @@ def build_parser():  # type: ignore[no-untyped-def]
         "count and how its keys map onto this toolchain's model.",
         EXAMPLES,
     )
-    p.add_argument("checkpoint", type=Path, help=".pth/.pt/.pkl checkpoint (or a MindSpore .ckpt, to learn why not)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint: .pth/.pt/.pkl, MindSpore .ckpt/.safetensors, Caffe .caffemodel")
+    p.add_argument("--prototxt", type=Path, help="the .prototxt of a Caffe .caffemodel (default: the one beside it with "
+                   "the same stem, or deploy.prototxt)")
     p.add_argument("--source", default="auto", choices=SOURCES, metavar="NAME",
                    help=f"framework that wrote it: {', '.join(SOURCES)} (default: auto-detect from the key names)")
     p.add_argument("--json", type=Path, metavar="F", help="write everything printed as JSON to F")
@@ -92,8 +96,9 @@ def describe_spec(spec: ModelSpec) -> list[str]:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     require_torch("trt-inspect")  # checkpoints become torch tensors
-    check_outputs({"--json": args.json, "--spec-json": args.spec_json}, {"CHECKPOINT": args.checkpoint})
-    result = import_checkpoint(args.checkpoint, source=args.source)
+    check_outputs({"--json": args.json, "--spec-json": args.spec_json},
+                  {"CHECKPOINT": args.checkpoint, "--prototxt": args.prototxt})
+    result = import_checkpoint(args.checkpoint, source=args.source, prototxt=args.prototxt)
     report = inspect_report(args.checkpoint, result)
     params = report["parameters"]
     print(f"checkpoint  {args.checkpoint}")

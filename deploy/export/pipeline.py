@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import resource
 import time
 import warnings
@@ -49,13 +50,28 @@ def check_input_size(spec: ModelSpec, input_hw: tuple[int, int]) -> None:
     if h <= 0 or w <= 0:
         raise UsageError(f"--input-size {h} {w}: both sides must be positive")
     stride = 32  # C5's stride; P6/P7 are strided convs and take any size
-    if spec.fpn.upsample in ("scale2", "deconv") and (h % stride or w % stride):
+    if spec.fpn.upsample in ("scale2", "deconv") and spec.backbone.stem_pool == "caffe_ceil_p1":
+        # The k3 s2 p1 ceil pool makes an even map odd (400 -> 201), so the sizes that halve differ.
+        bad = [side for side in (h, w) if not _halves(side)]
+        if bad:
+            near = min((n for n in range(max(1, bad[0] - 64), bad[0] + 65) if _halves(n)), key=lambda n: abs(n - bad[0]))
+            raise UsageError(f"--input-size {h} {w}: with the stem pool k3 s2 p1 ceil_mode, C3..C5 of a side of {bad[0]} "
+                             f"do not halve exactly, as x2 upsampling needs; e.g. {near} works")
+    elif spec.fpn.upsample in ("scale2", "deconv") and (h % stride or w % stride):
         # x2 upsampling of P5 and P4 only lines up with the laterals when C3..C5 halve exactly.
         ok = (max(stride, round(h / stride) * stride), max(stride, round(w / stride) * stride))
         raise UsageError(
             f"--input-size {h} {w} is not divisible by {stride} (the stride of C5); "
             f"use e.g. --input-size {ok[0]} {ok[1]} (the pre-process pads images to it)"
         )
+
+
+def _halves(side: int) -> bool:
+    """Whether C3, C4, C5 of one side halve exactly behind a 7x7/2 conv and a k3 s2 p1 ceil_mode pool."""
+    n = (side - 1) // 2 + 1  # the stem conv
+    n = math.ceil((n - 1) / 2) + 1  # the pool (its last window always starts inside the map)
+    c3 = -(-n // 2)
+    return c3 == 2 * -(-c3 // 2) and -(-c3 // 2) == 2 * -(-c3 // 4)
 
 
 def parity_sizes(input_hw: tuple[int, int], spec: ModelSpec, dynamic: bool) -> list[tuple[int, int]]:

@@ -142,7 +142,7 @@ def _common_pattern(keys: list[str]) -> str:
 
 
 # ResNet blocks per stage -> depth, for basic (no conv3) and bottleneck blocks.
-_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
+RESNET_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
     (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101,
     (True, (3, 8, 36, 3)): 152,
 }
@@ -161,7 +161,7 @@ def infer_architecture(shapes: dict[str, tuple[int, ...]], default_p6: str) -> A
         blocks.append(max(idx) + 1 if idx else 0)
     bottleneck = any(re.match(r"backbone\.layer1\.0\.conv3\.", k) for k in shapes)
     if all(blocks):  # with a stage absent, the fit check reports the missing tensors instead
-        depth = _DEPTHS.get((bottleneck, tuple(blocks)))
+        depth = RESNET_DEPTHS.get((bottleneck, tuple(blocks)))
         if depth is None:
             kind = "bottleneck" if bottleneck else "basic"
             raise UsageError(
@@ -302,7 +302,7 @@ class Importer:
         """Rename, infer the architecture, check the fit strictly and convert to float32 tensors."""
         mapped: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        pairs: list[tuple[str, str]] = []  # (source key or ignore pattern, our key or the reason)
         unused: list[str] = []
         unexpected: list[str] = []
         duplicates: list[str] = []
@@ -310,7 +310,7 @@ class Importer:
         for key, value in tensors.items():
             if (ignore := self.ignore_rule(key)) is not None:
                 unused.append(key)
-                groups[(ignore.readable(), "")].append((ignore.readable(), f"(ignored: {ignore.reason})"))
+                pairs.append((ignore.readable(), f"(ignored: {ignore.reason})"))
                 continue
             dst = self.target(key)
             if dst is None:
@@ -321,7 +321,7 @@ class Importer:
                 duplicates.append(f"{origin[dst]} and {key} -> {dst}")
             else:
                 mapped[dst], origin[dst] = value, key
-                groups[(_pattern(key), _pattern(dst))].append((key, dst))
+                pairs.append((key, dst))
         self.fill_missing(mapped, notes)
         shapes = {k: shape_of(v) for k, v in mapped.items()}
         arch = infer_architecture(shapes, self.default_p6)
@@ -352,11 +352,16 @@ class Importer:
         nonfinite = [origin.get(k, k) for k, t in state_dict.items() if not bool(t.isfinite().all())]
         if nonfinite:  # a damaged or diverged checkpoint: every output would be NaN
             raise UsageError(f"{len(nonfinite)} tensors hold NaN or Inf: {listing(nonfinite)}")
-        summary = [
-            MappingGroup(_common_pattern([a for a, _ in pairs]), _common_pattern([b for _, b in pairs]), len(pairs))
-            for pairs in groups.values()
-        ]
-        return ImportResult(spec, state_dict, self.name, summary, sorted(unused), notes)
+        return ImportResult(spec, state_dict, self.name, group_mapping(pairs), sorted(unused), notes)
+
+
+def group_mapping(pairs: Iterable[tuple[str, str]]) -> list[MappingGroup]:
+    """(source key, our key) pairs -> one MappingGroup per digit pattern, '#' where numbers differ."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for src, dst in pairs:
+        groups[(_pattern(src), _pattern(dst))].append((src, dst))
+    return [MappingGroup(_common_pattern([a for a, _ in g]), _common_pattern([b for _, b in g]), len(g))
+            for g in groups.values()]
 
 
 def spec_summary(spec: ModelSpec) -> str:

@@ -14,7 +14,8 @@ A ``.ckpt`` is the concatenation of one serialized ``Checkpoint`` message per pa
   since only MindSpore with the key can read it;
 - MindSpore >= 2.4 format="safetensors" writes a plain safetensors file: read with `safetensors`.
 
-The scan below is the protobuf wire format itself (no generated code); nothing is unpickled or run.
+The scan is the protobuf wire format itself (importers.protowire, no generated code); nothing is
+unpickled or run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.importers.protowire import fields, varint
 
 _CRC_TAG = b"crc_num"
 _CRC_TRAILER = len(_CRC_TAG) + 10
@@ -51,64 +53,23 @@ def looks_like_ckpt(head: bytes) -> bool:
     if not head or head[0] != 0x0A:
         return False
     try:
-        _, pos = _varint(memoryview(head), 1)
+        _, pos = varint(memoryview(head), 1)
     except ValueError:
         return False
     return pos < len(head) and head[pos] == 0x0A
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _fields(buf: memoryview) -> list[tuple[int, int, int | memoryview]]:
-    """(field number, wire type, value) of one message: ints for varints, views for the rest."""
-    out: list[tuple[int, int, int | memoryview]] = []
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        value: int | memoryview
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > len(buf):
-                raise ValueError("field runs past the end")
-            value, pos = buf[pos : pos + length], pos + length
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            if pos + size > len(buf):
-                raise ValueError("field runs past the end")
-            value, pos = buf[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        out.append((number, wire, value))
-    return out
 
 
 def _tensor_proto(buf: memoryview) -> tuple[list[int], str, memoryview]:
     """TensorProto -> (dims, tensor_type, tensor_content); dims packed or not."""
     dims: list[int] = []
     dtype, content = "", memoryview(b"")
-    for number, wire, value in _fields(buf):
+    for number, wire, value in fields(buf):
         if number == 1 and wire == 0 and isinstance(value, int):
             dims.append(value)
         elif number == 1 and isinstance(value, memoryview):
             pos = 0
             while pos < len(value):
-                d, pos = _varint(value, pos)
+                d, pos = varint(value, pos)
                 dims.append(d)
         elif number == 2 and isinstance(value, memoryview):
             dtype = bytes(value).decode("utf-8")
@@ -149,10 +110,10 @@ def parse_ckpt(data: bytes) -> tuple[dict[str, Any], list[str]]:
     shapes: dict[str, tuple[list[int], str]] = {}
     previous = None
     maps = []
-    for number, _, value in _fields(memoryview(data)):
+    for number, _, value in fields(memoryview(data)):
         if number != 1 or not isinstance(value, memoryview):
             raise ValueError("not a Checkpoint message")
-        entry = {n: v for n, _, v in _fields(value) if n in (1, 2, 3)}
+        entry = {n: v for n, _, v in fields(value) if n in (1, 2, 3)}
         tag_view, tensor = entry.get(1), entry.get(2)
         if not isinstance(tag_view, memoryview):
             raise ValueError("a Value without a tag")

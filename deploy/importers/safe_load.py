@@ -129,6 +129,9 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
         return LoadedFile(tensors, "safetensors", notes)
     if head[0] in (0x0A, 0x12) or head.startswith(b"\xa2\x06"):
         return LoadedFile(None, "caffe")
+    if head.lstrip()[:6] in (b"name: ", b"layer ", b"layers", b"input:") or head.lstrip().startswith(b"#"):
+        raise UsageError(f"{p} is text (a Caffe .prototxt?); pass the binary .caffemodel as the checkpoint and the "
+                         "prototxt with --prototxt")
     try:
         with p.open("rb") as f:
             obj = load_pickle(f)
