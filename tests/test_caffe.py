@@ -97,6 +97,18 @@ def test_v1_layers_legacy_blobs_and_per_level_heads(tmp_path: Path, capsys: pyte
     assert max_rel <= 1e-4
 
 
+def test_stem_pool_p1_ceil_needs_sizes_that_halve(tmp_path: Path) -> None:
+    """The straight translation of PyTorch's k3 s2 p1 pool keeps Caffe's ceil: 400 -> 201, so only
+    some sides line up with the x2 upsampling (56 does: 28 -> 15 -> 8 -> 4 -> 2)."""
+    opts = cf.PortOptions(depth=18, stem=8, width=8, fpn=16, classes=2, norm="scale", stem_pad=1, input_hw=(56, 56))
+    layers = cf.build_port(opts, seed=6)
+    result = import_checkpoint(cf.save_port(layers, opts, tmp_path, stem="p1")[0])
+    assert result.spec.backbone.stem_pool == "caffe_ceil_p1"
+    assert _export_vs_reference(result, layers, opts.input_hw, tmp_path / "p1.onnx") <= 1e-4
+    with pytest.raises(UsageError, match=r"k3 s2 p1 ceil_mode, C3..C5 of a side of 64 do not halve exactly.*e\.g\. 62"):
+        export_onnx(result.build_model(), result.spec, tmp_path / "x.onnx", ExportOptions(input_hw=(64, 64)))
+
+
 def _names(folder: Path) -> Path:
     path = folder / "names.txt"
     path.write_text("text\nlogo\nstamp\n")
