@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from retinanet_trt.plugins.end2end import Candidates, _nms_boxes, max_detections, nms_iou_threshold
+from retinanet_trt.plugins.candidates import Candidates, max_detections, nms_boxes
 from retinanet_trt.plugins.graph import GraphBuilder
+from retinanet_trt.plugins.thresholds import nms_iou_threshold
 from retinanet_trt.spec import ModelSpec
 
 PLUGIN_OP = "EfficientNMS_TRT"
@@ -54,10 +55,10 @@ def efficientnms_outputs(b: GraphBuilder, spec: ModelSpec, cand: Candidates) -> 
         own_class = b.op("Equal", [b.unsqueeze(cand.classes, [2]),
                                    b.const(np.arange(num_k, dtype=np.int64).reshape(1, 1, num_k), np.int64, "classes")])
         class_scores = b.op("Where", [own_class, b.unsqueeze(cand.scores, [2]), b.const(-1.0, np.float32, "invalid")])
-        nms_boxes = _nms_boxes(b, spec, cand.boxes)
-        shifted = nms_boxes != cand.boxes
+        boxes = nms_boxes(b, spec, cand.boxes)
+        shifted = boxes != cand.boxes
         names = ["post/nms/num_detections", "post/nms/detection_boxes" if shifted else "boxes", "scores", "labels"]
-        b.op(PLUGIN_OP, [nms_boxes, class_scores], outputs=names, **efficientnms_attributes(spec))
+        b.op(PLUGIN_OP, [boxes, class_scores], outputs=names, **efficientnms_attributes(spec))
     with b.scope("outputs"):
         b.op("Reshape", [names[0], b.const([-1], np.int64, "shape")], outputs=["num_dets"])
         if shifted:

@@ -23,10 +23,9 @@ from retinanet_trt.plugins.end2end import (
     compare_detections,
     convention_report,
     detections_from_end2end,
-    logit_threshold,
-    nms_iou_threshold,
     postprocess_model,
 )
+from retinanet_trt.plugins.thresholds import logit_threshold, nms_iou_threshold
 from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
 from retinanet_trt.runtime.preprocess import preprocess, resized_hw
