@@ -23,6 +23,7 @@ from pathlib import Path
 import checkpoint_factory as cf
 import cv2
 import framework_reference as ref
+import mindspore_factory as mf
 import numpy as np
 import pytest
 import skimage.transform
@@ -33,9 +34,9 @@ from skimage import data
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.importers import IMPORTERS, import_checkpoint
+from retinanet_trt.model.torch_backend import TorchBackend
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime import resize
-from retinanet_trt.model.torch_backend import TorchBackend
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import Detections, ImageMeta
@@ -132,7 +133,8 @@ def photo(hw: tuple[int, int]) -> np.ndarray:
 
 def importer_spec(framework: str) -> ModelSpec:
     """The spec an importer writes for the framework's R50 checkpoint (shapes only, no weights)."""
-    zeros = {k: np.broadcast_to(np.zeros((), np.float32), shape) for k, (_, shape) in cf.key_spec(framework).items()}
+    keys = mf.mindspore_keys() if framework == "mindspore" else cf.key_spec(framework)
+    zeros = {k: np.broadcast_to(np.zeros((), np.float32), shape) for k, (_, shape) in keys.items()}
     return IMPORTERS["torchvision" if framework.startswith("torchvision") else framework].convert(zeros, []).spec
 
 
@@ -203,7 +205,7 @@ def test_resize_impl_is_validated_with_the_choices() -> None:
     spec = get_preset("tiny")
     spec.preprocess.resize_impl = "opencv"
     with pytest.raises(UsageError, match=r"preprocess\.resize_impl='opencv' \(use pillow_uint8, "
-                                         r"torch_bilinear_float, skimage_float, cv2_float\)"):
+                                         r"torch_bilinear_float, skimage_float, cv2_float, cv2_uint8\)"):
         spec.validate()
     spec.preprocess.resize_impl, spec.preprocess.interpolation = "torch_bilinear_float", "bicubic"
     with pytest.raises(UsageError, match=r"resizes bilinearly only, not interpolation='bicubic'"):
@@ -225,12 +227,12 @@ EXPECTED_IMPL = {
     "retinanet_r50_fpn": "pillow_uint8", "torchvision_v1": "torch_bilinear_float",
     "torchvision_v2": "torch_bilinear_float", "r50_fpn1024_1class": "pillow_uint8", "tiny": "pillow_uint8",
     "detectron2": "pillow_uint8", "maskrcnn_benchmark": "pillow_uint8", "yhenon": "skimage_float",
-    "detectron": "cv2_float",
+    "detectron": "cv2_float", "mindspore": "cv2_uint8",
 }
 
 
 @pytest.mark.parametrize("name", [*PRESETS, "import:torchvision_v1", "import:torchvision_v2", "import:detectron2",
-                                  "import:maskrcnn_benchmark", "import:yhenon", "import:detectron"])
+                                  "import:maskrcnn_benchmark", "import:yhenon", "import:detectron", "import:mindspore"])
 def test_every_preset_and_importer_sets_its_resize_impl(name: str) -> None:
     framework = name.removeprefix("import:")
     spec = importer_spec(framework) if name.startswith("import:") else get_preset(name)
