@@ -128,8 +128,12 @@ def main() -> int:
                          "os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))"]).strip())
         assert photo.is_file(), photo
 
-        for cmd in ("trt-infer", "trt-eval", "trt-bench", "trt-calib", "trt-build", "trt-export", "trt-inspect"):
+        for cmd in ("trt-infer", "trt-eval", "trt-bench", "trt-calib", "trt-build", "trt-export", "trt-inspect",
+                    "trt-serve"):
             sh([bin_dir / cmd, "--help"], env=env)
+        # A Triton repository from the wheel alone (its model.py template is package data).
+        sh([bin_dir / "trt-serve", "export", onnx, "-o", where / "repo", "--platform", "python"], env=env)
+        assert (where / "repo" / "retinanet_preprocess" / "1" / "model.py").is_file()
         sh([bin_dir / "trt-infer", onnx, photo, "--out", where / "infer"], env=env)
         dets = json.loads((where / "infer" / "detections.json").read_text())
         assert dets and all(d["file_name"].endswith("astronaut.png") for d in dets), dets[:2]

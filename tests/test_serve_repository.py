@@ -35,7 +35,7 @@ def _configs(repo: Path) -> dict[str, Any]:
 
 def test_tensorrt_plan_repository_parses_and_takes_the_engine_profile_limits(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path)
-    record = export_repository(engine, tmp_path / "repo", ServeOptions(name="det", max_batch=16, instances=2,
+    record = export_repository(engine, tmp_path / "repo", ServeOptions(name="det", max_batch=16, instances=2, gpus=[0, 1],
                                                                         dynamic_batching=True, max_queue_delay_us=500))
     configs = _configs(tmp_path / "repo")
     assert set(configs) == {"det", "det_preprocess", "det_network", "det_postprocess"}
@@ -43,6 +43,7 @@ def test_tensorrt_plan_repository_parses_and_takes_the_engine_profile_limits(tmp
     assert net.platform == "tensorrt_plan" and net.max_batch_size == 4  # the profile's largest batch, not 16
     assert net.dynamic_batching.max_queue_delay_microseconds == 500
     assert net.instance_group[0].count == 2 and net.instance_group[0].kind == 1  # KIND_GPU
+    assert list(net.instance_group[0].gpus) == [0, 1]
     assert list(net.input[0].dims) == [3, -1, -1] and len(net.output) == 10
     assert (tmp_path / "repo" / "det_network" / "1" / "model.plan").read_bytes() == engine.read_bytes()
     pre = {p: v.string_value for p, v in configs["det_preprocess"].parameters.items()}
@@ -125,6 +126,7 @@ def test_reexport_replaces_and_a_failed_export_leaves_nothing(tiny_onnx, tmp_pat
     (["--platform", "tensorrt_plan"], "needs a TensorRT engine"),
     (["--max-batch", "0"], "--max-batch 0"),
     (["--backend", "trt", "--platform", "python"], "runs an engine"),
+    (["--platform", "python", "--gpus", "0"], "runs on the CPU"),
 ])
 def test_bad_export_options_are_one_line(tiny_onnx, tmp_path: Path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
     proc = subprocess.run([str(BIN / "trt-serve"), "export", str(tiny_onnx[0]), "-o", str(tmp_path / "r"), *args],

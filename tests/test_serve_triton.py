@@ -33,28 +33,45 @@ MAX_PIXELS = 4_000_000
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The demo ONNX, 200 generated images and trt-infer's detections of them."""
+    """The demo ONNX, 200 generated images and trt-infer's detections of them, made once per run
+    (in the folder all xdist workers share, under a lock), and a folder of this worker's own."""
+    import fcntl
+
+    work = tmp_path_factory.mktemp("serve")
+    try:
+        environment.prepare(work)  # builds or finds the cached Triton and the models' venv
+    except (EnvironmentFault, UsageError) as exc:
+        pytest.skip(f"the bundled Triton server cannot run here: {exc}")
+    shared = tmp_path_factory.getbasetemp().parent / "serve-demo"
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "done").is_file():
+            _make_demo(shared)
+            (shared / "done").write_text("")
+    from retinanet_trt.spec import ModelSpec
+
+    images = sorted((shared / "data" / "val").glob("*.png"))
+    by_file: dict[str, list[dict[str, Any]]] = {str(p): [] for p in images}
+    for entry in json.loads((shared / "infer" / "detections.json").read_text()):
+        by_file[entry["file_name"]].append(entry)
+    assert len(images) == N_IMAGES and sum(map(len, by_file.values())) > N_IMAGES  # real detections to compare
+    spec = ModelSpec.from_json((shared / "spec.json").read_text())
+    return {"root": work, "onnx": shared / "demo.onnx", "spec": spec, "images": images, "reference": by_file}
+
+
+def _make_demo(folder: Path) -> None:
     from retinanet_trt.cli import infer as infer_cli
     from retinanet_trt.demo import load_demo
     from retinanet_trt.demo.synthetic import generate_dataset
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 
-    root = tmp_path_factory.mktemp("serve")
-    try:
-        environment.prepare(root)  # builds or finds the cached Triton and the models' venv
-    except (EnvironmentFault, UsageError) as exc:
-        pytest.skip(f"the bundled Triton server cannot run here: {exc}")
     spec, model = load_demo()
-    onnx_path = root / "demo.onnx"
-    export_onnx(model, spec, onnx_path, ExportOptions(input_hw=(256, 320), dynamic=True))
-    generate_dataset(root / "data", N_IMAGES, seed=3, split="val")
-    images = sorted((root / "data" / "val").glob("*.png"))
-    assert infer_cli.main([str(onnx_path), str(root / "data" / "val"), "-o", str(root / "infer"), "--no-draw",
-                           "--backend", "ort-cpu"]) == 0
-    by_file: dict[str, list[dict[str, Any]]] = {str(p): [] for p in images}
-    for entry in json.loads((root / "infer" / "detections.json").read_text()):
-        by_file[entry["file_name"]].append(entry)
-    return {"root": root, "onnx": onnx_path, "spec": spec, "images": images, "reference": by_file}
+    export_onnx(model, spec, folder / "demo.onnx", ExportOptions(input_hw=(256, 320), dynamic=True))
+    (folder / "spec.json").write_text(spec.to_json())
+    generate_dataset(folder / "data", N_IMAGES, seed=3, split="val")
+    assert infer_cli.main([str(folder / "demo.onnx"), str(folder / "data" / "val"), "-o", str(folder / "infer"),
+                           "--no-draw", "--backend", "ort-cpu"]) == 0
 
 
 def _png(pixels: np.ndarray) -> bytes:

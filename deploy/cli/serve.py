@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ort-tensorrt", action="store_true", help="onnxruntime_onnx with TensorRT as execution accelerator")
     e.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto", help="instance kind of the network "
                    "(auto: GPU unless the python network runs ORT on CPU)")
+    e.add_argument("--gpus", help="network instances on these GPUs only, e.g. 0,1 (default: --instances on every GPU)")
     e.add_argument("--max-image-pixels", type=int, default=40_000_000, help="larger images are refused (default 40e6)")
     e.add_argument("--max-image-bytes", type=int, default=64 * 2**20, help="larger encoded images are refused (default 64 MiB)")
     e.add_argument("--json", action="store_true", help="print the export record as JSON")
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="load-test a repository (started here, batching on and off) or a server URL")
     b.add_argument("target", help="a trt-serve repository folder, or a running server's HTTP host:port")
     b.add_argument("--concurrency", default="1,4,16", help="concurrent clients per level (default 1,4,16)")
-    b.add_argument("--requests", type=int, default=200, help="timed requests per level (default 200)")
+    b.add_argument("--requests", type=int, default=200, help="timed requests per level and round (default 200)")
+    b.add_argument("--rounds", type=int, default=1, help="sweeps over every level, interleaved (default 1)")
     b.add_argument("--protocols", default="http,grpc", help="http, grpc or both (default)")
     b.add_argument("--batching", default="on,off", help="repository target: dynamic batching settings (default on,off)")
     b.add_argument("--model", help="URL target: the ensemble's name (default retinanet)")
@@ -84,13 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus {text!r}: give comma-separated GPU indices, e.g. 0,1") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     from retinanet_trt.serve.repository import ServeOptions, export_repository
 
     opts = ServeOptions(name=args.name, platform=args.platform, max_batch=args.max_batch, instances=args.instances,
                         dynamic_batching=args.dynamic_batching, max_queue_delay_us=args.max_queue_delay_us,
                         end2end=args.end2end, backend=args.backend, threads=args.threads, ort_tensorrt=args.ort_tensorrt,
-                        device=args.device, max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes)
+                        device=args.device, gpus=_gpus(args.gpus), max_image_pixels=args.max_image_pixels,
+                        max_image_bytes=args.max_image_bytes)
     record = export_repository(args.model, args.output, opts)
     if args.json:
         print(json.dumps(record, indent=2))
@@ -159,8 +171,8 @@ def _bench(args: argparse.Namespace) -> int:
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if not protocols or set(protocols) - {"http", "grpc"}:
         raise UsageError(f"--protocols {args.protocols!r}: give http, grpc or http,grpc")
-    if args.requests < 1:
-        raise UsageError(f"--requests {args.requests}: must be >= 1")
+    if args.requests < 1 or args.rounds < 1:
+        raise UsageError(f"--requests {args.requests} / --rounds {args.rounds}: must be >= 1")
     check_outputs({"-o": args.output, "--plot": args.plot})
     payloads = _payloads(args.images)
     if bm.is_repository(args.target):
@@ -169,13 +181,13 @@ def _bench(args: argparse.Namespace) -> int:
             batching = [settings[v.strip()] for v in args.batching.split(",") if v.strip()]
         except KeyError:
             raise UsageError(f"--batching {args.batching!r}: give on, off or on,off") from None
-        report = bm.bench_repository(Path(args.target), payloads, levels, args.requests, protocols, batching)
+        report = bm.bench_repository(Path(args.target), payloads, levels, args.requests, protocols, batching, args.rounds)
     elif Path(args.target).exists():
         raise UsageError(f"{args.target} is a folder but not a trt-serve repository; give a repository or host:port")
     else:
         host = args.target.split("://")[-1].rsplit(":", 1)[0]
         report = bm.bench_url(args.target.split("://")[-1], args.grpc_url or f"{host}:8001", args.model or "retinanet",
-                              payloads, levels, args.requests, protocols)
+                              payloads, levels, args.requests, protocols, args.rounds)
     report["requests_per_level"] = args.requests
     write_json_atomic(args.output, report)
     if args.plot:

@@ -3,6 +3,7 @@ throughput and latency percentiles per protocol and concurrency, as JSON and a P
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -48,41 +49,64 @@ def variant_repository(repo: Path, dynamic_batching: bool, folder: Path) -> Path
     return out
 
 
-def bench_server(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
-                 concurrencies: Sequence[int], requests: int, protocols: Sequence[str], label: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+def _row(label: dict[str, Any], results: list[loadtest.LoadResult], samples: list[float]) -> dict[str, Any]:
+    """One table row from the rounds of one cell: the median round's throughput, percentiles over the
+    latencies of every round, errors summed."""
+    from retinanet_trt.bench import summarize
+
+    first = results[0]
+    throughputs = sorted(r.throughput_rps for r in results)
+    return {**label, "protocol": first.protocol, "concurrency": first.concurrency, "requests": sum(r.requests for r in results),
+            "rounds": len(results), "ok": sum(r.ok for r in results), "errors": sum(r.errors for r in results),
+            "throughput_rps": throughputs[len(throughputs) // 2], "throughput_rps_rounds": [r.throughput_rps for r in results],
+            "latency_ms": summarize(samples) if samples else {},
+            "error_examples": sorted({e for r in results for e in r.error_examples})[:3]}
+
+
+def bench_servers(servers: dict[bool | None, tuple[str, str]], model: str, payloads: Sequence[bytes | np.ndarray],
+                  concurrencies: Sequence[int], requests: int, protocols: Sequence[str], rounds: int = 1) -> list[dict[str, Any]]:
+    """Load every (protocol, concurrency) cell on each server ({dynamic batching: (http, grpc url)}).
+    The servers run side by side and take turns cell by cell, round after round, so a change in the
+    machine's load (other jobs, CPU clock) falls on every variant alike."""
+    cells: dict[tuple[str, int, bool | None], tuple[list[loadtest.LoadResult], list[float]]] = {}
     for protocol in protocols:
-        url = http_url if protocol == "http" else grpc_url
-        loadtest.wait_until_ready(url, protocol, model)
-        for c in concurrencies:
-            result = loadtest.measure(url, protocol, model, payloads, c, requests)
-            rows.append({**label, **result.to_dict()})
-    return rows
+        for http_url, grpc_url in servers.values():
+            loadtest.wait_until_ready(http_url if protocol == "http" else grpc_url, protocol, model)
+    for _ in range(rounds):
+        for protocol in protocols:
+            for c in concurrencies:
+                for on, (http_url, grpc_url) in servers.items():
+                    url = http_url if protocol == "http" else grpc_url
+                    result, samples = loadtest.measure_samples(url, protocol, model, payloads, c, requests)
+                    got = cells.setdefault((protocol, c, on), ([], []))
+                    got[0].append(result)
+                    got[1].extend(samples)
+    return [_row({"dynamic_batching": on}, results, samples) for (_, _, on), (results, samples) in cells.items()]
 
 
 def bench_repository(repo: Path, payloads: Sequence[bytes | np.ndarray], concurrencies: Sequence[int], requests: int,
-                     protocols: Sequence[str], batching: Sequence[bool] = (True, False)) -> dict[str, Any]:
-    """Start the bundled Triton on `repo` once per dynamic-batching setting and load it."""
+                     protocols: Sequence[str], batching: Sequence[bool] = (True, False), rounds: int = 1) -> dict[str, Any]:
+    """Start the bundled Triton on `repo` once per dynamic-batching setting (side by side) and load them."""
     from retinanet_trt.serve.server import TritonServer
 
     record = read_record(repo)
     model = record["models"]["ensemble"]
-    rows: list[dict[str, Any]] = []
-    triton = None
-    with tempfile.TemporaryDirectory(prefix="trt-serve-bench.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="trt-serve-bench.") as tmp, contextlib.ExitStack() as stack:
+        servers = {}
+        triton = None
         for on in batching:
             variant = variant_repository(repo, on, Path(tmp))
-            with TritonServer(variant, log_path=Path(tmp) / f"triton-{'on' if on else 'off'}.log") as server:
-                assert server.install is not None
-                triton = server.install.version
-                rows += bench_server(server.http_url, server.grpc_url, model, payloads, concurrencies, requests,
-                                     protocols, {"dynamic_batching": on})
+            server = stack.enter_context(TritonServer(variant, log_path=Path(tmp) / f"triton-{'on' if on else 'off'}.log"))
+            assert server.install is not None
+            triton = server.install.version
+            servers[on] = (server.http_url, server.grpc_url)
+        rows = bench_servers(servers, model, payloads, concurrencies, requests, protocols, rounds)
     return {"target": str(repo), "model": model, "triton_version": triton, "repository": _summary(record),
-            "results": rows, "versions": package_versions()}
+            "rounds": rounds, "results": rows, "versions": package_versions()}
 
 
 def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
-              concurrencies: Sequence[int], requests: int, protocols: Sequence[str]) -> dict[str, Any]:
+              concurrencies: Sequence[int], requests: int, protocols: Sequence[str], rounds: int = 1) -> dict[str, Any]:
     """Load a server that is already running (its configuration is whatever it was started with)."""
     client = loadtest.make_client("http", http_url) if "http" in protocols else None
     batching = None
@@ -99,9 +123,9 @@ def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes
             pass
         finally:
             client.close()
-    rows = bench_server(http_url, grpc_url, model, payloads, concurrencies, requests, protocols,
-                        {"dynamic_batching": batching})
-    return {"target": http_url, "model": model, "triton_version": triton, "results": rows, "versions": package_versions()}
+    rows = bench_servers({batching: (http_url, grpc_url)}, model, payloads, concurrencies, requests, protocols, rounds)
+    return {"target": http_url, "model": model, "triton_version": triton, "rounds": rounds, "results": rows,
+            "versions": package_versions()}
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -131,8 +155,11 @@ def plot(report: dict[str, Any], png: Path) -> None:
         xs = [r["concurrency"] for r in rows]
         ax_t.plot(xs, [r["throughput_rps"] for r in rows], marker="o", label=label)
         ax_p.plot(xs, [r["latency_ms"].get("p99", float("nan")) for r in rows], marker="o", label=label)
+    levels = sorted({r["concurrency"] for r in report["results"]})
     for ax, title, unit in ((ax_t, "throughput", "requests / s"), (ax_p, "p99 latency", "ms")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(unit)
         ax.set_title(title)

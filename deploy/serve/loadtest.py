@@ -145,16 +145,22 @@ def run_requests(url: str, protocol: str, model: str, payloads: Sequence[bytes |
     return [a for a in answers if a is not None], wall
 
 
-def measure(url: str, protocol: str, model: str, payloads: Sequence[bytes | np.ndarray], concurrency: int,
-            requests: int, warmup: int = 4) -> LoadResult:
-    """One load level: warm-up, then `requests` timed requests; latency percentiles of the good ones."""
+def measure_samples(url: str, protocol: str, model: str, payloads: Sequence[bytes | np.ndarray], concurrency: int,
+                    requests: int, warmup: int = 4) -> tuple[LoadResult, list[float]]:
+    """One load level: warm-up, then `requests` timed requests; (result, latencies of the good ones)."""
     run_requests(url, protocol, model, payloads, concurrency, max(warmup, concurrency))
     answers, wall = run_requests(url, protocol, model, payloads, concurrency, requests)
     good = [a.latency_ms for a in answers if a.error is None]
     errors = [a.error for a in answers if a.error is not None]
-    return LoadResult(protocol=protocol, concurrency=concurrency, requests=requests, ok=len(good), errors=len(errors),
-                      wall_s=wall, throughput_rps=len(good) / wall if wall > 0 else 0.0,
-                      latency_ms=summarize(good) if good else {}, error_examples=sorted(set(errors))[:3])
+    result = LoadResult(protocol=protocol, concurrency=concurrency, requests=requests, ok=len(good), errors=len(errors),
+                        wall_s=wall, throughput_rps=len(good) / wall if wall > 0 else 0.0,
+                        latency_ms=summarize(good) if good else {}, error_examples=sorted(set(errors))[:3])
+    return result, good
+
+
+def measure(url: str, protocol: str, model: str, payloads: Sequence[bytes | np.ndarray], concurrency: int,
+            requests: int, warmup: int = 4) -> LoadResult:
+    return measure_samples(url, protocol, model, payloads, concurrency, requests, warmup)[0]
 
 
 def wait_until_ready(url: str, protocol: str, model: str, timeout_s: float = 60.0) -> None:

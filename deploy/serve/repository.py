@@ -53,6 +53,7 @@ class ServeOptions:
     threads: int = 0  # ONNX Runtime intra-op threads per python network instance (0: ORT decides)
     ort_tensorrt: bool = False  # onnxruntime_onnx with the TensorRT execution accelerator
     device: str = "auto"  # instance kind of the network: auto (GPU unless ORT CPU), gpu, cpu
+    gpus: list[int] | None = None  # GPU network instances on these devices only (default: `instances` on each GPU)
     max_image_pixels: int = stages.MAX_IMAGE_PIXELS
     max_image_bytes: int = stages.MAX_IMAGE_BYTES
 
@@ -71,6 +72,8 @@ class ServeOptions:
                 raise UsageError(f"{flag} {value}: must be >= {low}")
         if self.device not in ("auto", "gpu", "cpu"):
             raise UsageError(f"--device {self.device}: choose auto, gpu or cpu")
+        if self.gpus is not None and (not self.gpus or min(self.gpus) < 0):
+            raise UsageError(f"--gpus {self.gpus}: give GPU indices >= 0, e.g. 0,1")
 
 
 def _dims(shape: list[int], batched: bool) -> list[int]:
@@ -86,8 +89,12 @@ def _io(tensor: Tensor, batched: bool, **extra: Any) -> dict[str, Any]:
     return entry
 
 
-def _instances(count: int, kind: str) -> list[dict[str, Any]]:
-    return [{"count": count, "kind": Enum(kind)}]
+def _instances(count: int, kind: str, gpus: list[int] | None = None) -> list[dict[str, Any]]:
+    # Triton places `count` instances on every GPU it sees, or on each of `gpus`.
+    group: dict[str, Any] = {"count": count, "kind": Enum(kind)}
+    if gpus and kind == "KIND_GPU":
+        group["gpus"] = list(gpus)
+    return [group]
 
 
 def _batching(opts: ServeOptions) -> dict[str, Any] | None:
@@ -120,6 +127,8 @@ def plan(net: NetworkInfo, opts: ServeOptions) -> dict[str, Any]:
         gpu = not (platform == "python" and backend == "ort-cpu")
     else:
         gpu = opts.device == "gpu"
+    if opts.gpus and not gpu:
+        raise UsageError("--gpus places GPU instances; this network runs on the CPU (--device cpu or ORT CPU)")
     return {
         "name": opts.name, "platform": platform, "backend": backend if platform == "python" else None,
         "end2end": end2end, "convert_end2end": end2end and not net.end2end, "max_batch_size": max_batch,
@@ -168,7 +177,7 @@ def configs(net: NetworkInfo, p: dict[str, Any], outputs: list[Tensor]) -> dict[
         "max_batch_size": mb if batched else 0,
         "input": [_io(inp, batched)],
         "output": [_io(o, batched) for o in outputs],
-        "instance_group": _instances(opts.instances, p["network_kind"]),
+        "instance_group": _instances(opts.instances, p["network_kind"], opts.gpus),
         "dynamic_batching": _batching(opts) if batched else None,
     })
     if p["platform"] == "python":
