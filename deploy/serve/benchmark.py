@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.serve import loadtest
+from retinanet_trt.serve import environment, loadtest
 from retinanet_trt.serve.repository import MARKER, read_record
 from retinanet_trt.versions import package_versions
 
@@ -93,16 +93,16 @@ def bench_repository(repo: Path, payloads: Sequence[bytes | np.ndarray], concurr
     model = record["models"]["ensemble"]
     with tempfile.TemporaryDirectory(prefix="trt-serve-bench.") as tmp, contextlib.ExitStack() as stack:
         servers = {}
-        triton = None
+        triton, models_python = None, {}
         for on in batching:
             variant = variant_repository(repo, on, Path(tmp))
             server = stack.enter_context(TritonServer(variant, log_path=Path(tmp) / f"triton-{'on' if on else 'off'}.log"))
-            assert server.install is not None
-            triton = server.install.version
+            assert server.install is not None and server.site is not None
+            triton, models_python = server.install.version, environment.describe_env(server.site)
             servers[on] = (server.http_url, server.grpc_url)
         rows = bench_servers(servers, model, payloads, concurrencies, requests, protocols, rounds)
     return {"target": str(repo), "model": model, "triton_version": triton, "repository": _summary(record),
-            "rounds": rounds, "results": rows, "versions": package_versions()}
+            "rounds": rounds, "results": rows, "versions": _versions(), "models_python": models_python}
 
 
 def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
@@ -125,7 +125,17 @@ def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes
             client.close()
     rows = bench_servers({batching: (http_url, grpc_url)}, model, payloads, concurrencies, requests, protocols, rounds)
     return {"target": http_url, "model": model, "triton_version": triton, "rounds": rounds, "results": rows,
-            "versions": package_versions()}
+            "versions": _versions()}
+
+
+def _versions() -> dict[str, Any]:
+    """The client side's versions (package_versions, plus tritonclient)."""
+    import importlib.metadata
+
+    out = package_versions()
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        out["tritonclient"] = importlib.metadata.version("tritonclient")
+    return out
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -197,6 +197,14 @@ def ensure_python_env(python_version: str, resize_impls: set[str] | None = None,
     return site
 
 
+def describe_env(site: Path) -> dict[str, object]:
+    """What the models' venv holds (its interpreter and pins), for benchmark reports."""
+    marker = site.parents[2] / ".complete"
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        return dict(json.loads(marker.read_text()))
+    return {}
+
+
 def resize_impls_of(repo: Path) -> set[str]:
     """The resize implementations the repository's specs use (each python model has a spec.json)."""
     impls = set()

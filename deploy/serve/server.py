@@ -90,6 +90,7 @@ class TritonServer:
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.install: environment.TritonInstall | None = None
+        self.site: Path | None = None  # the models' site-packages
 
     @property
     def http_url(self) -> str:
@@ -103,7 +104,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         install, site = environment.prepare(self.repo)
-        self.install = install
+        self.install, self.site = install, site
         missing = unsupported_backends(self.repo, install.backend_dir)
         if missing:
             raise UsageError(f"the bundled Triton {install.version} has only the python backend; cannot serve "
