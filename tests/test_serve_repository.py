@@ -220,3 +220,14 @@ def test_padded_outputs_round_trip() -> None:
     assert out["BOXES"].shape == (2, 2, 4) and out["NUM_DETS"].tolist() == [[2], [0]] and out["LABELS"][1].tolist() == [-1, -1]
     back = stages.outputs_to_detections(out)
     assert back[0].names == ["a", "b"] and len(back[1]) == 0 and back[0].labels.tolist() == [3, 1]
+
+
+def test_python_network_on_an_engine_carries_its_sidecar(tmp_path: Path) -> None:
+    engine = fake_engine(tmp_path)
+    export_repository(engine, tmp_path / "r", ServeOptions(platform="python"))
+    net = _configs(tmp_path / "r")["retinanet_network"]
+    params = {k: v.string_value for k, v in net.parameters.items()}
+    assert net.backend == "python" and params["backend"] == "trt" and params["model_file"] == "model.engine"
+    assert net.instance_group[0].kind == 1  # KIND_GPU: TensorRT
+    folder = tmp_path / "r" / "retinanet_network" / "1"
+    assert (folder / "model.engine").read_bytes() == engine.read_bytes() and (folder / "model.engine.json").is_file()
