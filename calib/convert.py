@@ -19,7 +19,7 @@ import onnx
 from retinanet_trt.calib import cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
-from retinanet_trt.fileio import check_writable, write_bytes_atomic
+from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
 
@@ -169,7 +169,7 @@ def _report_parts(model: _Model, precision: str, opts: ConvertOptions, method: s
                   "set": eval_set_digest(source, images, opts.eval_images)
                   if opts.evaluate_map and source is not None and images is not None else None}
     return report_cache.report_key_parts(
-        source=report_cache.file_sha256(model.path), precision=precision, calibration=calib,
+        source=sha256_file(model.path), precision=precision, calibration=calib,
         method={"name": method, **int8.method_params(method)},
         exclusions={"exclude": opts.exclude, "default_exclusions": opts.default_exclusions},
         evaluation=evaluation, sensitivity=opts.sensitivity and precision == "int8",
@@ -214,7 +214,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     cache_info.update(report_path=str(rpath), report_reused=False, output_reused=False)
     if note:
         cache_info["report_note"] = note
-    if entry is not None and out.is_file() and report_cache.file_sha256(out) == entry["output_sha256"]:
+    if entry is not None and out.is_file() and sha256_file(out) == entry["output_sha256"]:
         conversion, cache_info["output_reused"] = entry["conversion"], True
         timings["convert_s"] = 0.0
     else:
@@ -222,7 +222,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         conversion = _convert_file(model, precision, out, opts, method, ranges, images, source, cache_info["key"])
         timings["convert_s"] = time.perf_counter() - t0
     report.update(conversion)
-    out_sha = report_cache.file_sha256(out)
+    out_sha = sha256_file(out)
     if entry is not None and out_sha == entry["output_sha256"]:
         scores = entry["scores"]
         cache_info.update(report_reused=True, scored_at=entry.get("scored_at"), scored_times_s=entry.get("times_s"))

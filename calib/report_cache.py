@@ -53,14 +53,6 @@ def report_cache_path(ranges_cache: Path) -> Path:
     return ranges_cache.with_name(stem + ".report.json")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def score_versions() -> dict[str, str]:
     """Versions of SCORE_DISTRIBUTIONS that are installed."""
     found = {}

@@ -23,8 +23,8 @@ import onnx
 
 from retinanet_trt import __version__
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info, read_spec
-from retinanet_trt.fileio import check_writable, write_bytes_atomic, write_json_atomic
+from retinanet_trt.export.metadata import load_onnx, read_info, read_spec
+from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from retinanet_trt.trt_engine import Profile, ShapeRange
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -41,24 +41,6 @@ def sidecar_path(engine: str | os.PathLike[str]) -> Path:
 def layers_path(engine: str | os.PathLike[str]) -> Path:
     """X.engine -> X.layers.json."""
     return Path(engine).with_suffix(".layers.json")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """The graph and metadata (weights stay on disk: TensorRT reads the file itself); UsageError if unreadable."""
-    if not path.is_file():
-        raise UsageError(f"ONNX file {path} not found")
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for truncated or foreign files
-        raise UsageError(f"{path} is not a readable ONNX file ({type(exc).__name__}); export one with trt-export") from exc
 
 
 def onnx_inputs(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:

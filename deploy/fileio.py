@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,15 @@ def check_folder_writable(folder: Path, what: str) -> None:
         raise UsageError(f"{what}: cannot write in {folder} ({exc.strerror}); choose another path") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (engines and models are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: PathLike, what: str, hint: str) -> Any:

@@ -10,8 +10,8 @@ from retinanet_trt.demo import load_demo
 from retinanet_trt.demo.synthetic import generate_dataset
 from retinanet_trt.evaluate import evaluate
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
-from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.model.torch_backend import TorchBackend
+from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.detector import Detector
 
 

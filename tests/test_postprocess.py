@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.anchors import grid_anchors
 from retinanet_trt.runtime.box_coder import decode
-from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.postprocess import batched_nms, postprocess
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, FPNSpec, HeadSpec, ModelSpec, PostprocessSpec

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.build import build_engine, check_options, detect_precision, load_onnx, onnx_inputs, resolve_profiles
+from retinanet_trt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
 from retinanet_trt.cli.common import EXIT_USAGE, add_progress_arg, make_parser, run_main, show_progress
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_spec
+from retinanet_trt.export.metadata import load_onnx, read_spec
 from retinanet_trt.fileio import check_outputs
 from retinanet_trt.trt_engine import ShapeRange, TrtError, TrtUnavailable, available
 

@@ -3,7 +3,6 @@ trt-build sidecar: spec, I/O, profiles, TensorRT version), read without ONNX Run
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import END2END_OUTPUTS
+from retinanet_trt.fileio import sha256_file
 from retinanet_trt.spec import ModelSpec
 
 # ONNX TensorProto element types and numpy dtype names -> Triton data types.
@@ -64,14 +64,6 @@ class NetworkInfo:
         return self.sidecar.get("tensorrt_version")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _onnx_shape(value_info: Any) -> list[int]:
     dims = value_info.type.tensor_type.shape.dim
     return [int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims]
@@ -96,7 +88,7 @@ def read_onnx(path: Path) -> NetworkInfo:
 
     outputs = [tensor(o) for o in model.graph.output]
     return NetworkInfo(path=path, kind="onnx", spec=spec, input=tensor(inputs[0]), outputs=outputs,
-                       precision=str(info.get("precision", "fp32")), end2end=_is_end2end(outputs), sha256=_sha256(path))
+                       precision=str(info.get("precision", "fp32")), end2end=_is_end2end(outputs), sha256=sha256_file(path))
 
 
 def read_engine(path: Path) -> NetworkInfo:
@@ -117,7 +109,7 @@ def read_engine(path: Path) -> NetworkInfo:
         raise UsageError(f"{path} has {len(inputs)} inputs; a retinanet_trt engine has one (images)")
     return NetworkInfo(path=path, kind="engine", spec=spec, input=inputs[0], outputs=outputs,
                        precision=str(sidecar.get("precision", "fp32")), end2end=_is_end2end(outputs), sidecar=sidecar,
-                       sha256=_sha256(path))
+                       sha256=sha256_file(path))
 
 
 def _is_end2end(outputs: list[Tensor]) -> bool:
