@@ -205,3 +205,15 @@ def test_an_exclusion_that_matches_nothing_is_refused_before_calibrating(tiny_on
     assert calib_cli.main([str(tiny_onnx[0]), "--int8", "--calib", "demo", "--exclude", "p9/nothing*", "-o", str(out)]) == 2
     assert "matches no node" in _err_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["m.onnx", "renamed.pth"])
+def test_an_onnx_file_given_as_a_checkpoint_says_what_it_is(name: str, tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from retinanet_trt.cli import inspect as inspect_cli
+
+    path = tmp_path / name
+    path.write_bytes(tiny_onnx[0].read_bytes())
+    assert inspect_cli.main([str(path)]) == 2
+    assert "is an ONNX model, not a training checkpoint" in _err_line(capsys)
+    assert export_cli.main([str(path), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "is an ONNX model" in _err_line(capsys)

@@ -127,6 +127,10 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
     if mindspore_ckpt.looks_like_safetensors(head):
         tensors, notes = mindspore_ckpt.read_safetensors(p)
         return LoadedFile(tensors, "safetensors", notes)
+    if head[0] == 0x08 and (p.suffix.lower() == ".onnx" or b"pytorch" in head or b"retinanet_trt" in head):
+        # ModelProto starts with ir_version (field 1, varint): an exported model, not training weights.
+        raise UsageError(f"{p} is an ONNX model, not a training checkpoint; run it with trt-infer / trt-eval / "
+                         "trt-bench, or convert it with trt-calib / trt-build")
     if head[0] in (0x0A, 0x12) or head.startswith(b"\xa2\x06"):
         return LoadedFile(None, "caffe")
     if head.lstrip()[:6] in (b"name: ", b"layer ", b"layers", b"input:") or head.lstrip().startswith(b"#"):
