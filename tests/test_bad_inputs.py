@@ -217,3 +217,15 @@ def test_an_onnx_file_given_as_a_checkpoint_says_what_it_is(name: str, tiny_onnx
     assert "is an ONNX model, not a training checkpoint" in _err_line(capsys)
     assert export_cli.main([str(path), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "is an ONNX model" in _err_line(capsys)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "--demo", "--demo-images", "100000000"], "--demo-images 100000000"),
+    (["eval", "--demo", "--demo-images", "0"], "--demo-images 0"),
+    (["calib", "--int8", "--calib", "demo", "--calib-images", "100000000"], "--calib-images 100000000"),
+    (["calib", "--int8", "--calib", "demo", "--eval-images", "0"], "--eval-images 0"),
+])
+def test_image_counts_are_bounded_before_any_work(argv: list[str], flag: str, tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    main = eval_cli.main if argv[0] == "eval" else calib_cli.main
+    assert main([str(tiny_onnx[0]), *argv[1:]]) == 2
+    assert f"{flag}: give 1..10000" in _err_line(capsys)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
-from retinanet_trt.cli.common import EXIT_USAGE, add_progress_arg, make_parser, run_main, show_progress
+from retinanet_trt.cli.common import EXIT_USAGE, add_progress_arg, check_count, make_parser, run_main, show_progress
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import load_onnx, read_spec
 from retinanet_trt.fileio import check_outputs
@@ -87,8 +87,7 @@ def _check_calib_flags(args: argparse.Namespace) -> None:
         raise UsageError("--int8 needs a calibration set: --calib DIR, --calib COCO.json or --calib demo")
     if given and not (args.int8 or args.fp16):
         raise UsageError(f"{given[0]} only applies to --fp16 or --int8")
-    if args.calib_images is not None and args.calib_images < 1:
-        raise UsageError(f"--calib-images {args.calib_images}: use at least 1")
+    check_count("--calib-images", args.calib_images)
 
 
 def _output_paths(args: argparse.Namespace, precision: str) -> tuple[Path, Path]:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import add_progress_arg, format_table, make_parser, run_main, show_progress
-from retinanet_trt.errors import UsageError
+from retinanet_trt.cli.common import add_progress_arg, check_count, format_table, make_parser, run_main, show_progress
 from retinanet_trt.fileio import check_outputs, write_bytes_atomic
 
 EXAMPLES = """\
@@ -119,9 +118,8 @@ def _main(argv: list[str] | None) -> int:
     calib_file = args.calib if args.calib and Path(args.calib).is_file() else None
     check_outputs({"-o": out, "--json": args.json, "--cache": args.cache},
                   {"MODEL": src, "--calib": calib_file})
-    for name in ("calib_images", "eval_images"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    check_count("--calib-images", args.calib_images)
+    check_count("--eval-images", args.eval_images)
     opts = ConvertOptions(
         calib=args.calib, calib_images=args.calib_images, seed=args.seed,
         cache=Path(args.cache) if args.cache else None, method=args.method,

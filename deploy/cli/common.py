@@ -76,6 +76,16 @@ def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[
         return EXIT_TERMINATED
 
 
+# Counts of images a run draws or reads: larger ones are typos that would fill the disk or run for days.
+MAX_IMAGES = 10_000
+
+
+def check_count(flag: str, value: int | None, low: int = 1, high: int = MAX_IMAGES) -> None:
+    """UsageError unless low <= value <= high (None: not given, nothing to check)."""
+    if value is not None and not low <= value <= high:
+        raise UsageError(f"{flag} {value}: give {low}..{high}")
+
+
 def add_engine_spec_args(parser: argparse.ArgumentParser) -> None:
     """--spec / --onnx: what an engine built without trt-build (trtexec, Polygraphy) is."""
     group = parser.add_mutually_exclusive_group()

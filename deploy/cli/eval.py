@@ -9,6 +9,7 @@ from pathlib import Path
 from retinanet_trt.cli.common import (
     add_engine_spec_args,
     add_progress_arg,
+    check_count,
     engine_spec_options,
     format_table,
     make_parser,
@@ -69,8 +70,8 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("--images and --annotations go together")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images {args.max_images}: give at least 1 (or leave it out for all images)")
-    if args.demo and args.demo_images < 1:
-        raise UsageError(f"--demo-images {args.demo_images}: must be at least 1")
+    if args.demo:
+        check_count("--demo-images", args.demo_images)
     backend = args.backend or default_backend(str(args.model))
     # On the CPU, ORT's default optimisations fuse Q/DQ into integer kernels whose results depend on
     # the CPU; an INT8 file is scored with Q/DQ as written instead (the arithmetic trt-calib uses).
