@@ -229,3 +229,25 @@ def test_image_counts_are_bounded_before_any_work(argv: list[str], flag: str, ti
     main = eval_cli.main if argv[0] == "eval" else calib_cli.main
     assert main([str(tiny_onnx[0]), *argv[1:]]) == 2
     assert f"{flag}: give 1..10000" in _err_line(capsys)
+
+
+@pytest.mark.parametrize("main_name, argv", [
+    ("export", ["--demo", "-o", "{tmp}/x.onnx", "--seed", "-5"]),
+    ("calib", ["{onnx}", "--int8", "--calib", "demo", "--seed", "-1"]),
+    ("eval", ["{onnx}", "--demo", "--seed", "99999999999"]),
+])
+def test_a_seed_out_of_numpy_range_is_a_usage_error(main_name: str, argv: list[str], tiny_onnx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    main = {"export": export_cli.main, "calib": calib_cli.main, "eval": eval_cli.main}[main_name]
+    assert main([a.format(tmp=tmp_path, onnx=tiny_onnx[0]) for a in argv]) == 2
+    assert "a seed is between 0 and 4294967295" in _err_line(capsys)
+
+
+def test_an_onnx_with_a_tensorrt_plugin_is_one_line_on_onnx_runtime(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "e2e_trt.onnx"
+    assert export_cli.main(["--demo", "--end2end", "--nms", "efficientnms", "-o", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "x.png")
+    assert infer_cli.main([str(out), str(tmp_path / "x.png"), "-o", str(tmp_path / "o")]) == 2
+    assert "uses a TensorRT plugin: run it with --backend trt" in _err_line(capsys)

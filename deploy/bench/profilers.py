@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retinanet_trt.export.naming import node_group
+from retinanet_trt.runtime.backends.ort_backend import ort_session
 from retinanet_trt.runtime.detector import Detector
 
 
@@ -120,7 +121,7 @@ class OrtLevelProfiler:
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         provider = PROVIDERS[backend]
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(onnx_path, options, providers=providers)
+        self.session = ort_session(onnx_path, options, providers, onnx_path)
         self._input = self.session.get_inputs()[0].name
         original = onnx.load(onnx_path, load_external_data=False)
         # Execution providers that compile subgraphs (TensorRT EP) cannot save the optimized graph.

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
-from retinanet_trt.cli.common import EXIT_USAGE, add_progress_arg, check_count, make_parser, run_main, show_progress
+from retinanet_trt.cli.common import (
+    EXIT_USAGE,
+    add_progress_arg,
+    check_count,
+    make_parser,
+    run_main,
+    seed,
+    show_progress,
+)
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import load_onnx, read_spec
 from retinanet_trt.fileio import check_outputs
@@ -61,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-cache", type=Path, metavar="F", help="calibration cache to reuse or write")
     p.add_argument("--calib-images", type=int, metavar="N", help=f"calibration images to use (default {CALIB_IMAGES})")
     p.add_argument("--calib-method", choices=CALIB_METHODS, help="INT8 activation ranges (default max, as trt-calib)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling the calibration images")
+    p.add_argument("--seed", type=seed, default=0, help="seed for sampling the calibration images")
     p.add_argument("-o", "--output", type=Path, help="engine path (default: MODEL's name with .engine / .fp16.engine)")
     p.add_argument("--workspace", type=float, metavar="GB", help="builder workspace memory limit in GiB")
     p.add_argument("--shapes", type=parse_shape_range, action="append", metavar="MIN/OPT/MAX",

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import add_progress_arg, check_count, format_table, make_parser, run_main, show_progress
+from retinanet_trt.cli.common import (
+    add_progress_arg,
+    check_count,
+    format_table,
+    make_parser,
+    run_main,
+    seed,
+    show_progress,
+)
 from retinanet_trt.fileio import check_outputs, write_bytes_atomic
 
 EXAMPLES = """\
@@ -35,7 +43,7 @@ def _parser():  # type: ignore[no-untyped-def]
     p.add_argument("--report", dest="json", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
                    help=f"calibration images to use (default {DEFAULT_CALIB_IMAGES})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image sampling (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the image sampling (default 0)")
     p.add_argument("--method", choices=[*METHODS, *METHOD_ALIASES], default=DEFAULT_METHOD,
                    help=f"INT8 activation range calibration (default {DEFAULT_METHOD}: min/max ranges, 'minmax' in ONNX Runtime)")
     p.add_argument("--exclude", action="append", default=[], metavar="WHAT",

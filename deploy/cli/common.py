@@ -80,6 +80,17 @@ def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[
 MAX_IMAGES = 10_000
 
 
+def seed(text: str) -> int:
+    """argparse type for --seed: NumPy's generators take 0 .. 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value}: a seed is between 0 and {2**32 - 1}")
+    return value
+
+
 def check_count(flag: str, value: int | None, low: int = 1, high: int = MAX_IMAGES) -> None:
     """UsageError unless low <= value <= high (None: not given, nothing to check)."""
     if value is not None and not low <= value <= high:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.cli.common import format_table, make_parser, run_main, seed
 from retinanet_trt.demo import load_demo
 from retinanet_trt.evaluate import evaluate
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
@@ -37,7 +37,7 @@ def _main(argv: list[str] | None) -> int:
                    help="folder for every artifact (default out/demo)")
     p.add_argument("--out", type=Path, dest="out", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--val-images", type=int, default=100, help="images in the generated val split (default 100)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated val split")
+    p.add_argument("--seed", type=seed, default=1, help="seed of the generated val split")
     p.add_argument("--skip-precision", action="store_true", help="skip the FP16/INT8 step")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

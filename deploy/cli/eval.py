@@ -14,6 +14,7 @@ from retinanet_trt.cli.common import (
     format_table,
     make_parser,
     run_main,
+    seed,
     show_progress,
 )
 from retinanet_trt.errors import UsageError
@@ -36,7 +37,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--annotations", type=Path, help="COCO instances json")
     p.add_argument("--demo", action="store_true", help="generate the synthetic val split and evaluate on it")
     p.add_argument("--demo-images", type=int, default=200, help="images in the generated split (default 200)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated split (default 1)")
+    p.add_argument("--seed", type=seed, default=1, help="seed of the generated split (default 1)")
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
     add_engine_spec_args(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retinanet_trt.cli.common import format_mapping, format_table, make_parser, run_main
+from retinanet_trt.cli.common import format_mapping, format_table, make_parser, run_main, seed
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
@@ -49,7 +49,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     src.add_argument("--spec", type=Path, help="model spec JSON file")
     src.add_argument("--demo", action="store_true", help="the bundled demo model (trained on synthetic shapes)")
     p.add_argument("--random-init", action="store_true", help="random weights (for parity and speed work)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init and the parity input")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --random-init and the parity input")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="network input size (default: the spec's resize, padded to 32)")
     p.add_argument("--resize", type=int, nargs=2, metavar=("MIN", "MAX"),

@@ -53,19 +53,31 @@ def session_options(threads: int = 0, arithmetic: str = FUSED, optimized_model_p
     return options
 
 
+def ort_session(source: str | bytes, options: Any, providers: list[Any], what: str):  # type: ignore[no-untyped-def]
+    """onnxruntime.InferenceSession, with a model ONNX Runtime refuses (a TensorRT-only plugin such
+    as EfficientNMS_TRT, an op it lacks, a damaged graph) as one UsageError naming `what`."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind error types for every refusal
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        plugin = " (it uses a TensorRT plugin: run it with --backend trt on a GPU host)" if "_TRT" in reason else ""
+        raise UsageError(f"ONNX Runtime cannot load {what}{plugin}: {reason[:300]}") from None
+
+
 def cpu_session(model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int = 0,  # type: ignore[no-untyped-def]
                 arithmetic: str = FUSED, optimized_model_path: str | None = None):
     """A CPU InferenceSession over a file, serialized bytes or a ModelProto; threads 0 lets ONNX
     Runtime choose. arithmetic: SIMULATED for accuracy, FUSED (ORT's default) for speed.
     Warnings are silenced: Q/DQ insertion leaves unused initializers ORT reports."""
-    import onnxruntime as ort
 
     options = session_options(threads, arithmetic, optimized_model_path)
     options.log_severity_level = 3
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else os.fspath(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort_session(source, options, ["CPUExecutionProvider"], "the model" if isinstance(source, bytes) else source)
 
 
 class OrtBackend:
@@ -99,7 +111,7 @@ class OrtBackend:
         # The CUDA and TensorRT providers take the GPU index; the CPU provider has no device to pick.
         providers: list[Any] = ([provider] if provider == "CPUExecutionProvider"
                                 else [(provider, {"device_id": device}), "CPUExecutionProvider"])
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session = ort_session(str(self.path), options, providers, str(self.path))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
