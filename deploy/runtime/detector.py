@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -168,9 +168,13 @@ class Detector:
 
 
 def _is_single_image(images: Any) -> bool:
+    """A batch is a list, tuple or other iterable of images, or an (N, H, W, C) array; anything
+    else is one image (and the loader names it if it is not one)."""
     if isinstance(images, np.ndarray):
-        return images.ndim in (2, 3)  # (H, W) or (H, W, C); (N, H, W, C) is a batch
-    return isinstance(images, (str, os.PathLike, Image.Image, LoadedImage))
+        return images.ndim != 4  # (H, W) or (H, W, C) is one image; (N, H, W, C) a batch
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image, LoadedImage)):
+        return True
+    return not isinstance(images, Iterable)
 
 
 def _check_threshold(value: float | None) -> float | None:
