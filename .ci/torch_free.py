@@ -134,7 +134,7 @@ def main() -> int:
         # A Triton repository from the wheel alone (its model.py template is package data).
         sh([bin_dir / "trt-serve", "export", onnx, "-o", where / "repo", "--platform", "python"], env=env)
         assert (where / "repo" / "retinanet_preprocess" / "1" / "model.py").is_file()
-        sh([bin_dir / "trt-infer", onnx, photo, "--out", where / "infer"], env=env)
+        sh([bin_dir / "trt-infer", onnx, photo, "-o", where / "infer"], env=env)
         dets = json.loads((where / "infer" / "detections.json").read_text())
         assert dets and all(d["file_name"].endswith("astronaut.png") for d in dets), dets[:2]
         sh([bin_dir / "trt-eval", onnx, "--demo", "--demo-images", "8", "--json", where / "eval.json"], env=env)

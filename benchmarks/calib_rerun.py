@@ -38,7 +38,7 @@ def run_pair(model: Path, work: Path, label: str, extra: list[str]) -> dict[str,
     for i in (1, 2):
         report_path = work / f"{label}.run{i}.json"
         cmd = [sys.executable, "-m", "retinanet_trt.cli.calib", str(model), "--int8", "--calib", "demo",
-               "--quiet", "-o", str(out), "--report", str(report_path), *extra]
+               "--quiet", "-o", str(out), "--json", str(report_path), *extra]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -52,7 +52,7 @@ def run_pair(model: Path, work: Path, label: str, extra: list[str]) -> dict[str,
                      "printed": [line for line in proc.stdout.splitlines() if line.startswith(("cache:", "scores:"))]})
     first, rerun = runs
     return {
-        "command": "trt-calib MODEL --int8 --calib demo --quiet -o OUT --report R " + " ".join(extra) + " (twice)",
+        "command": "trt-calib MODEL --int8 --calib demo --quiet -o OUT --json R " + " ".join(extra) + " (twice)",
         "runs": runs,
         "speedup_wall": first["wall_s"] / rerun["wall_s"],
         "speedup_in_process": first["times_s"]["total_s"] / rerun["times_s"]["total_s"],

@@ -21,7 +21,7 @@ PRESETS = ["retinanet_r50_fpn", "torchvision_v1", "torchvision_v2", "r50_fpn1024
 def run_one(preset: str, dynamic: bool, input_hw: tuple[int, int], tmp: Path) -> dict:
     out, rep = tmp / f"{preset}.onnx", tmp / f"{preset}.json"
     cmd = [sys.executable, "-m", "retinanet_trt.cli.export", "--preset", preset, "--random-init", "--input-size",
-           str(input_hw[0]), str(input_hw[1]), "-o", str(out), "--report", str(rep), "--quiet"]
+           str(input_hw[0]), str(input_hw[1]), "-o", str(out), "--json", str(rep), "--quiet"]
     if dynamic:
         cmd.append("--dynamic")
     subprocess.run(cmd, check=True, capture_output=True)

@@ -4,7 +4,7 @@
     python benchmarks/precision_reports.py r50      # precision_r50_random_{int8,fp16,int8_sensitivity}.*
 
 Each report is one `trt-calib` command on a freshly exported model (benchmarks/precision_models.py),
-run in a scratch folder with relative paths; its --report JSON and its printed tables (.txt) are
+run in a scratch folder with relative paths; its --json report and its printed tables (.txt) are
 copied to the results folder. Scores are in the arithmetic every report names (simulated Q/DQ:
 ONNX Runtime CPU with graph optimisations off), so they do not depend on the CPU; the JSON
 carries versions and the CPU model, and this script adds the CPU flags.
@@ -54,11 +54,11 @@ def run_job(model: str, args: list[str], work: Path, index: int) -> tuple[dict[s
     """One trt-calib command in `work`: (report, printed text)."""
     precision = "int8" if "--int8" in args else "fp16"
     out, report = f"{model}.{index}.{precision}.onnx", f"{model}.{index}.{precision}.report.json"
-    cmd = [sys.executable, "-m", "retinanet_trt.cli.calib", f"{model}.onnx", *args, "--quiet", "-o", out, "--report", report]
+    cmd = [sys.executable, "-m", "retinanet_trt.cli.calib", f"{model}.onnx", *args, "--quiet", "-o", out, "--json", report]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    text = f"$ trt-calib {model}.onnx {' '.join(args)} --quiet -o {out} --report {report}\n" + proc.stdout
+    text = f"$ trt-calib {model}.onnx {' '.join(args)} --quiet -o {out} --json {report}\n" + proc.stdout
     return json.loads((work / report).read_text()), text
 
 
