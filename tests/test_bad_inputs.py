@@ -251,3 +251,19 @@ def test_an_onnx_with_a_tensorrt_plugin_is_one_line_on_onnx_runtime(tmp_path: Pa
     Image.new("RGB", (64, 48)).save(tmp_path / "x.png")
     assert infer_cli.main([str(out), str(tmp_path / "x.png"), "-o", str(tmp_path / "o")]) == 2
     assert "uses a TensorRT plugin: run it with --backend trt" in _err_line(capsys)
+
+
+def test_a_tiny_file_declaring_a_huge_tensor_is_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Zip-bomb-like: a 0-stride tensor stores one value but claims 1.9e9 of them (9.1 M classes)."""
+    import checkpoint_factory as cf
+    import torch
+
+    from retinanet_trt.cli import inspect as inspect_cli
+
+    sd = {k: torch.from_numpy(v) for k, v in cf.synthesise("torchvision_v1", seed=0).items()}
+    sd["head.classification_head.cls_logits.weight"] = torch.zeros(1).expand(819 * 100000, 256, 3, 3)
+    path = tmp_path / "bomb.pth"
+    torch.save(sd, path)
+    assert inspect_cli.main([str(path)]) == 2
+    line = _err_line(capsys)
+    assert "head.num_classes=9100000 must be between 1 and 100000" in line and len(line) < 400
