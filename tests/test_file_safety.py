@@ -307,3 +307,32 @@ def test_infer_where_every_image_fails_writes_no_empty_json(tmp_path: Path, tiny
     out = tmp_path / "out"
     assert infer_cli.main([str(onnx_path), str(bad), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path: Path, tiny_onnx):  # type: ignore[no-untyped-def]
+    """A read-only mount holding the tiny model: read-only even for root, unlike chmod."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); chmod-based tests cover non-root")
+    try:
+        (mnt / "m.onnx").write_bytes(tiny_onnx[0].read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_model_in_a_read_only_folder_calibrates_and_outputs_there_are_refused(read_only_folder: Path, tmp_path: Path,
+                                                                                 capsys) -> None:  # type: ignore[no-untyped-def]
+    model = read_only_folder / "m.onnx"
+    out = tmp_path / "m.int8.onnx"
+    assert calib_cli.main([str(model), "--int8", "--calib", "demo", "--calib-images", "2", "--no-map", "-o", str(out)]) == 0
+    assert out.is_file() and sorted(p.name for p in read_only_folder.iterdir()) == ["m.onnx"]
+    capsys.readouterr()
+    assert export_cli.main(["--demo", "-o", str(read_only_folder / "x.onnx")]) == 2
+    assert "read-only file system" in _one_error_line(capsys).lower()
+    assert infer_cli.main([str(model), str(_noise(tmp_path / "i" / "a.png")), "-o", str(read_only_folder / "o")]) == 2
+    assert "cannot write in" in _one_error_line(capsys)
