@@ -30,6 +30,7 @@ from typing import Any
 from retinanet_trt.calib.cache import sha256_text
 from retinanet_trt.errors import EnvironmentFault, UsageError
 from retinanet_trt.fileio import write_json_atomic
+from retinanet_trt.versions import installed_versions
 
 REPORT_CACHE_FORMAT = "retinanet_trt.calib_report_cache/1"
 # Distributions whose versions can change a score: the converters, the runtime, the mAP code,
@@ -55,13 +56,7 @@ def report_cache_path(ranges_cache: Path) -> Path:
 
 def score_versions() -> dict[str, str]:
     """Versions of SCORE_DISTRIBUTIONS that are installed."""
-    found = {}
-    for dist in SCORE_DISTRIBUTIONS:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    return installed_versions(SCORE_DISTRIBUTIONS)
 
 
 def code_digest() -> str:

@@ -5,25 +5,32 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+from collections.abc import Sequence
 from typing import Any
 
 # Distributions whose versions matter to a result; the ones not installed are left out.
 DISTRIBUTIONS = (
     "retinanet-trt", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim",
-    "onnxconverter-common", "pycocotools", "cuda-python", "cuda-bindings", "tensorrt", "nvidia-modelopt",
+    "onnxconverter-common", "pycocotools", "pillow", "scikit-image", "opencv-python-headless",  # they resize
+    "cuda-python", "cuda-bindings", "tensorrt", "nvidia-modelopt",
 )
 
 
-def package_versions() -> dict[str, Any]:
-    """{"python": ..., "platform": ..., "cpu": ..., distribution: version, ...} without importing them."""
-    found: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                             "cpu": cpu_name(), "cpu_count": os.cpu_count()}
-    for dist in DISTRIBUTIONS:
+def installed_versions(distributions: Sequence[str]) -> dict[str, str]:
+    """{distribution: version} of those installed, read from their metadata (nothing is imported)."""
+    found = {}
+    for dist in distributions:
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def package_versions() -> dict[str, Any]:
+    """{"python": ..., "platform": ..., "cpu": ..., distribution: version, ...} without importing them."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), **installed_versions(DISTRIBUTIONS)}
 
 
 def environment() -> dict[str, Any]:

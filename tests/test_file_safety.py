@@ -6,12 +6,14 @@ PYTHONPATH) that sends a signal at the moment the artifact is renamed into place
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,18 +121,25 @@ def test_a_full_disk_is_one_environment_error_and_leaves_nothing(tmp_path: Path,
     assert not list(tmp_path.iterdir())
 
 
-@pytest.fixture()
-def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 1 MiB tmpfs, where this machine lets the tests mount one (root in a container may)."""
-    mnt = tmp_path / "full"
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str, why_skip: str) -> Iterator[Path]:
+    """A tmpfs of `size` at mnt, unmounted afterwards; skips the test where this machine cannot
+    mount one (root in a container may), saying which other test covers the case."""
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); the simulated ENOSPC test covers it")
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); {why_skip}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that fills up."""
+    with mounted_tmpfs(tmp_path / "full", "1m", "the simulated ENOSPC test covers it") as mnt:
+        yield mnt
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -310,19 +319,12 @@ def test_infer_where_every_image_fails_writes_no_empty_json(tmp_path: Path, tiny
 
 
 @pytest.fixture()
-def read_only_folder(tmp_path: Path, tiny_onnx):  # type: ignore[no-untyped-def]
+def read_only_folder(tmp_path: Path, tiny_onnx) -> Iterator[Path]:  # type: ignore[no-untyped-def]
     """A read-only mount holding the tiny model: read-only even for root, unlike chmod."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); chmod-based tests cover non-root")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "16m", "chmod-based tests cover non-root users") as mnt:
         (mnt / "m.onnx").write_bytes(tiny_onnx[0].read_bytes())
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_model_in_a_read_only_folder_calibrates_and_outputs_there_are_refused(read_only_folder: Path, tmp_path: Path,
