@@ -91,11 +91,11 @@ def parity(engine: Path, fp32_onnx: Path, precision_onnx: Path) -> dict[str, Any
 
     backend = TrtBackend(engine)
     try:
-        inputs, photos, stretched = accuracy.held_out_inputs(backend.spec, backend.fixed_input_hw)
+        inputs, photos, shrunk = accuracy.held_out_inputs(backend.spec, backend.fixed_input_hw)
         ours = [backend.run(x) for x in inputs]
     finally:
         backend.close()
-    report: dict[str, Any] = {"photos": photos, "stretched_to_input": stretched}
+    report: dict[str, Any] = {"photos": photos, "shrunk_to_input": shrunk}
     for key, onnx in (("vs_ort_fp32", fp32_onnx), ("vs_ort_same_onnx", precision_onnx)):
         cmp = accuracy.compare_runs(accuracy.run_all(accuracy.session(onnx), inputs), ours)
         report[key] = {"outputs": cmp, "levels": accuracy.level_rows(cmp), "worst_sqnr_db": accuracy.worst_sqnr(cmp)}

@@ -30,7 +30,7 @@ from unittest import mock
 
 import numpy as np
 
-from retinanet_trt.bench import BenchOptions, bench_spec, run_bench, summarize, synthetic_image
+from retinanet_trt.bench import BenchOptions, run_bench, summarize, synthetic_image
 from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.preprocess import preprocess
@@ -48,7 +48,7 @@ def export_r50(path: Path) -> None:
 def photo_outputs(onnx: Path) -> tuple[dict[str, np.ndarray], object, list]:
     """The raw outputs, spec and metas of trt-bench's default input (its own functions)."""
     det = Detector.load(onnx, "ort-cpu")
-    spec = bench_spec(det.spec, INPUT_HW)
+    spec = det.spec
     batch = preprocess([synthetic_image(INPUT_HW)], spec, input_hw=INPUT_HW)
     outputs = det.backend.run(batch.images)
     det.close()

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from retinanet_trt.export.parity import compare_outputs
 from retinanet_trt.runtime.images import load_image
-from retinanet_trt.runtime.preprocess import preprocess, resized_hw
+from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.spec import ModelSpec
 
 # Real photos bundled with scikit-image (people, animals, objects, vehicles, a street scene).
@@ -33,29 +33,25 @@ def run_all(sess: ort.InferenceSession, inputs: list[np.ndarray]) -> list[dict[s
 
 
 def held_out_inputs(spec: ModelSpec, input_hw: tuple[int, int] | None, batch: int = 1) -> tuple[list[np.ndarray], list[str], bool]:
-    """(inputs, photo names, stretched) for the held-out photos, pre-processed as the runner does.
+    """(inputs, photo names, shrunk) for the held-out photos, pre-processed as the runner does.
 
-    A photo that the spec's resize makes too large for a static input is stretched to the input
-    size instead (resize 'fixed'); `stretched` says so. Raw-output parity does not depend on
-    the aspect ratio, and this keeps every photo in the check.
+    A photo that the framework's resize makes too large for a static input is scaled down further
+    to fit, as trt-infer does (preprocess.plan_resize, whatever spec.preprocess.oversize says:
+    raw-output parity does not depend on it, and this keeps every photo in the check); `shrunk`
+    says whether any was.
     """
+    spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, oversize="shrink"))
     folder = resources.files("skimage.data")
     inputs, names = [], []
-    stretched = False
-    fixed = None
-    if input_hw is not None:
-        fixed = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, resize="fixed", fixed_size=list(input_hw)))
+    shrunk = False
     for photo in HELD_OUT_PHOTOS:
         with resources.as_file(folder / photo) as path:
             image = load_image(path)
-        use = spec
-        if input_hw is not None:
-            h, w = resized_hw(image.hw, spec.preprocess)
-            if h > input_hw[0] or w > input_hw[1]:
-                use, stretched = fixed, True  # type: ignore[assignment]
-        inputs.append(preprocess([image] * batch, use, input_hw).images)
+        prepared = preprocess([image] * batch, spec, input_hw)
+        shrunk = shrunk or prepared.metas[0].shrunk
+        inputs.append(prepared.images)
         names.append(photo.split(".")[0])
-    return inputs, names, stretched
+    return inputs, names, shrunk
 
 
 def compare_runs(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:

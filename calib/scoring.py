@@ -39,13 +39,13 @@ def score(src: Path, out: Path, precision: str, *, proto: onnx.ModelProto, spec:
     and (INT8 with `sensitivity`) the per-group sweep. Adds held_out_s / map_s / sensitivity_s to timings."""
     scores: dict[str, Any] = {"arithmetic": ARITHMETIC}
     t0 = time.perf_counter()
-    photos, names, stretched = accuracy.held_out_inputs(spec, input_hw, batch)
+    photos, names, shrunk = accuracy.held_out_inputs(spec, input_hw, batch)
     ref_runs = accuracy.run_all(scoring_session(src), photos)
     cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(scoring_session(out), photos))
     scores["sqnr_db"] = {k: v["sqnr_db"] for k, v in cmp.items()}
     scores["outputs"] = cmp
     scores["levels"] = accuracy.level_rows(cmp)
-    scores["held_out"] = {"photos": names, "stretched_to_input": stretched}
+    scores["held_out"] = {"photos": names, "shrunk_to_input": shrunk}
     timings["held_out_s"] = time.perf_counter() - t0
 
     evaluation = None

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageLoadError, LoadedImage, find_images, load_image
-from retinanet_trt.runtime.preprocess import preprocess, resized_hw
+from retinanet_trt.runtime.preprocess import preprocess, unfit_reason
 from retinanet_trt.spec import ModelSpec
 
 DEMO = "demo"
@@ -218,11 +218,10 @@ def _select(source: CalibSource, spec: ModelSpec, count: int, seed: int, input_h
             if isinstance(image, ImageLoadError):
                 unreadable.append(str(image))
                 continue
-            if input_hw is not None:
-                h, w = resized_hw(image.hw, spec.preprocess)
-                if h > input_hw[0] or w > input_hw[1]:
-                    unfit.append(f"{name}: resized to {h}x{w}")
-                    continue
+            reason = unfit_reason(image, spec.preprocess, input_hw)
+            if reason:  # too thin, or too large for a static input with preprocess.oversize 'refuse'
+                unfit.append(f"{name}: {reason}")
+                continue
             picked.append(image)
             sources.append(name)
             digest.update(hashlib.sha256(data).digest())
@@ -236,7 +235,7 @@ def _select(source: CalibSource, spec: ModelSpec, count: int, seed: int, input_h
         if unreadable:
             detail.append(f"{len(unreadable)} unreadable (first: {unreadable[0]})")
         if unfit:
-            detail.append(f"{len(unfit)} do not fit the static input {input_hw[0]}x{input_hw[1]} after the spec's resize "  # type: ignore[index]
-                          f"(first: {unfit[0]}); export with --dynamic or a larger --input-size")
+            detail.append(f"{len(unfit)} cannot become network input (first: {unfit[0]}); export with --dynamic or "
+                          "a larger --input-size")
         raise UsageError(f"no usable calibration images in {source.name}: " + "; ".join(detail or ["the set is empty"]))
     return _Selection(picked, sources, digest.hexdigest(), unreadable, unfit)

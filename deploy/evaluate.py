@@ -110,7 +110,8 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
              max_images: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run `detector` on every image of the COCO file (files resolved under images_dir) and score it.
 
-    Unreadable images are skipped and listed under "failures"."""
+    Unreadable images are skipped and listed under "failures"; images scaled down further to fit a
+    fixed input (ImageMeta.shrunk) are listed under "shrunk_to_fit" (their ImageMeta under "shrunk_metas")."""
     if max_images is not None and max_images < 1:
         raise UsageError(f"--max-images {max_images}: give at least 1 (or leave it out for all images)")
     coco = load_coco(annotations)
@@ -124,6 +125,7 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     compute_ms: list[float] = []
+    shrunk = []
     for image_id in tqdm(image_ids, desc="eval", unit="img", disable=not progress, leave=False):
         info = coco.imgs[image_id]
         path = images_dir / info["file_name"]
@@ -133,10 +135,12 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
             failures.append({"file": str(path), "error": str(exc)})
             continue
         compute_ms.append(detector.last_times_ms.get("compute", 0.0))
+        shrunk += [m for m in detector.last_metas if m.shrunk]
         results.extend(detections_to_coco(dets, image_id))
     if len(failures) == len(image_ids):
         raise UsageError(f"none of the {len(image_ids)} images under {images_dir} could be read (first: {failures[0]['error']})")
     scored = coco_map(coco, results)
-    scored.update(num_images=len(image_ids) - len(failures), failures=failures,
+    scored.update(num_images=len(image_ids) - len(failures), failures=failures, shrunk_metas=shrunk,
+                  shrunk_to_fit=[m.source for m in shrunk],
                   median_compute_ms=float(np.median(compute_ms)) if compute_ms else None)
     return scored

@@ -18,6 +18,7 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.spec_checks import check_field_type, range_problems
 
 SPEC_VERSION = 1
+OVERSIZE_RULES = ("shrink", "refuse")
 RESIZE_IMPLS = ("pillow_uint8", "torch_bilinear_float", "skimage_float", "cv2_float", "cv2_uint8")
 STEM_POOLS = ("pytorch", "caffe_ceil", "caffe_ceil_p1")
 FPN_UPSAMPLES = ("scale2", "size", "deconv")
@@ -137,6 +138,11 @@ class PreprocessSpec:
       cv2_uint8             cv2.resize INTER_LINEAR on the 8-bit image, then normalise: MindSpore's
                             RetinaNet eval (Decode, cv2.resize to a fixed size, Normalize)
     The float impls resize bilinearly only (interpolation "bilinear").
+
+    oversize: what a fixed network input does with an image whose resize above does not fit it.
+    The framework's resize is kept for every image that fits; one that does not is "shrink": scaled
+    down further, aspect kept, to fit (reported per image: not exact to the framework), or "refuse":
+    skipped with the reason.
     """
 
     channel_order: str = "BGR"
@@ -152,6 +158,7 @@ class PreprocessSpec:
     size_divisibility: int = 32
     pad_extra_when_divisible: bool = False  # yhenon pads +32 even when already divisible
     resize_impl: str = "pillow_uint8"
+    oversize: str = "shrink"
 
 
 @dataclass
@@ -313,6 +320,8 @@ class ModelSpec:
             problems.append(
                 f"preprocess.rounding={pre.rounding!r} (floor, round_half_up, round, detectron or maskrcnn_benchmark)"
             )
+        if pre.oversize not in OVERSIZE_RULES:
+            problems.append(f"preprocess.oversize={pre.oversize!r} (use {', '.join(OVERSIZE_RULES)})")
         if pre.resize_impl not in RESIZE_IMPLS:
             problems.append(f"preprocess.resize_impl={pre.resize_impl!r} (use {', '.join(RESIZE_IMPLS)})")
         elif pre.resize_impl != "pillow_uint8" and pre.interpolation != "bilinear":

@@ -80,20 +80,6 @@ def class_name_override(path: Path, num_classes: int) -> dict[str, Any]:
     return {"postprocess": post}
 
 
-def fitting_resize(spec: ModelSpec, input_hw: tuple[int, int]) -> dict[str, Any] | None:
-    """For a fixed-size export, a shortest-edge resize whose output fits input_hw (short side
-    min(H, W), long side at most max(H, W)), or None when the spec's resize already fits."""
-    pre = spec.preprocess
-    h, w = input_hw
-    if pre.resize == "none":
-        return None
-    if pre.resize == "fixed" and pre.fixed_size and pre.fixed_size[0] <= h and pre.fixed_size[1] <= w:
-        return None
-    if pre.resize == "shortest_edge" and pre.min_size <= min(h, w) and pre.max_size <= max(h, w):
-        return None
-    return {"preprocess": {"resize": "shortest_edge", "min_size": min(h, w), "max_size": max(h, w)}}
-
-
 def merged(spec: ModelSpec, overrides: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The spec's JSON form with each (label, partial spec dict) merged in order, not yet validated."""
     data = spec.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -138,15 +139,19 @@ def test_calib_set_errors_and_skips(tmp_path: Path, static_tiny: Path) -> None:
     Image.fromarray(np.zeros((400, 100, 3), np.uint8)).save(folder / "tall.png")  # resized to 160x40: > 128 high
     source = sets.open_calib_set(str(folder))
     got = sets.load_calibration(source, spec, 10, seed=0, input_hw=(128, 160), progress=False)
-    assert len(got.sources) == 5 and len(got.skipped_unreadable) == 1 and len(got.skipped_unfit) == 1
+    # The tall image does not fit at the framework's resize: shrunk to fit, as trt-infer would run it.
+    assert len(got.sources) == 6 and len(got.skipped_unreadable) == 1 and not got.skipped_unfit
     assert got.inputs[0].shape == (1, 3, 128, 160)
+    refusing = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, oversize="refuse"))
+    got = sets.load_calibration(source, refusing, 10, seed=0, input_hw=(128, 160), progress=False)
+    assert len(got.sources) == 5 and len(got.skipped_unfit) == 1
     # deterministic: same seed, same images in the same order; another seed, another order
     again = sets.load_calibration(source, spec, 3, seed=0, input_hw=(128, 160), progress=False)
     other = sets.load_calibration(source, spec, 3, seed=5, input_hw=(128, 160), progress=False)
     assert again.sources == got.sources[:3] and again.digest != other.digest
     only_tall = _photo_folder(tmp_path / "tall", 2, size=(400, 100))
-    with pytest.raises(UsageError, match="do not fit the static input 128x160"):
-        sets.load_calibration(sets.open_calib_set(str(only_tall)), spec, 2, 0, (128, 160), progress=False)
+    with pytest.raises(UsageError, match="2 cannot become network input .*larger than the fixed network input 128x160"):
+        sets.load_calibration(sets.open_calib_set(str(only_tall)), refusing, 2, 0, (128, 160), progress=False)
 
 
 # ------------------------------------------------------------------------------------------ cache

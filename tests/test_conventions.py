@@ -3,12 +3,12 @@ worked out by hand from the facts sheet (facts/checkpoint-formats.md 3f, 4e-4f, 
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from retinanet_trt.bench import bench_spec
 from retinanet_trt.errors import UsageError
 from retinanet_trt.importers.common import Architecture
 from retinanet_trt.importers.detectron import IMPORTER as DETECTRON
@@ -191,9 +191,9 @@ def test_uniform_falls_back_to_per_axis_without_one_factor() -> None:
     spec = _one_box_spec("uniform")
     boxes = np.array([RESIZED_BOX], np.float32)
     per_axis = pp._to_original(boxes, ImageMeta((480, 640), (608, 811), (640, 832)))
-    # Sizes the spec's resize does not give (set by hand) and a fixed stretch (bench_spec) have no single factor.
+    # Sizes the spec's resize does not give (set by hand) and a fixed stretch have no single factor.
     hand = ImageMeta(original_hw=(480, 640), resized_hw=(600, 800), input_hw=(608, 800))
     np.testing.assert_array_equal(pp._to_original(boxes, hand, spec), pp._to_original(boxes, hand))
-    fixed = bench_spec(spec, (608, 811))
+    fixed = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, resize="fixed", fixed_size=[608, 811]))
     meta = ImageMeta(original_hw=(480, 640), resized_hw=resized_hw((480, 640), fixed.preprocess), input_hw=(640, 832))
     np.testing.assert_array_equal(pp._to_original(boxes, meta, fixed), per_axis)

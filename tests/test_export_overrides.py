@@ -1,4 +1,4 @@
-"""Exports that fit their use: resize chosen for a fixed input, --resize/--resize-fixed, --set,
+"""Exports that fit their use: the resize kept at a fixed input, --resize/--resize-fixed, --set,
 --class-names and a partial --spec over a checkpoint, all validated like a spec file."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from retinanet_trt.cli import export as export_cli
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import read_spec
 from retinanet_trt.presets import DEMO_CLASSES, get_preset
-from retinanet_trt.spec_overrides import apply_overrides, fitting_resize, merge, parse_set
+from retinanet_trt.spec_overrides import merge, parse_set
 
 
 def _export(tmp_path: Path, *argv: str) -> Path:
@@ -38,34 +38,22 @@ def test_parse_set_reads_json_values_and_bare_strings() -> None:
         merge(get_preset("tiny").to_dict(), parse_set("postprocess.nms_io=0.5"))
 
 
-@pytest.mark.parametrize("input_hw", [(480, 640), (640, 480), (256, 320), (96, 128)])
-def test_the_chosen_resize_fits_the_fixed_input_for_landscape_images(input_hw: tuple[int, int]) -> None:
-    from retinanet_trt.runtime.preprocess import resized_hw
-
-    spec = get_preset("retinanet_r50_fpn")
-    fitted = apply_overrides(spec, [("--input-size", fitting_resize(spec, input_hw) or {})])
-    h, w = input_hw
-    for image_hw in [(427, 640), (1080, 1920), (600, 601), (50, 300)]:
-        if (image_hw[0] <= image_hw[1]) == (h <= w):  # same orientation as the input
-            rh, rw = resized_hw(image_hw, fitted.preprocess)
-            assert rh <= h and rw <= w, (image_hw, (rh, rw), input_hw)
-
-
-def test_a_fixed_input_export_sets_and_reports_a_fitting_resize(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_fixed_input_export_keeps_the_resize_and_reports_what_stays_exact(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--input-size never rewrites the framework's resize (issue 17): the spec keeps min/max sizes,
+    the report states the resize kept and the aspect range that stays exact; --resize still wins."""
+    tiny = get_preset("tiny").preprocess
     out = tmp_path / "m.onnx"
     report = tmp_path / "r.json"
     assert export_cli.main(["--preset", "tiny", "--random-init", "--input-size", "128", "160", "-o", str(out),
-                            "--report", str(report), "--quiet"]) == 0
+                            "--json", str(report)]) == 0
     pre = read_spec(out).preprocess
-    assert (pre.resize, pre.min_size, pre.max_size) == ("shortest_edge", 128, 160)
-    assert "128x160" in json.loads(report.read_text())["resize_chosen"]
-    assert "resize set to" in capsys.readouterr().out
-    # A spec whose resize already fits is left alone; an explicit --resize wins.
-    kept = read_spec(_export(tmp_path, "--preset", "tiny", "--random-init", "--input-size", "256", "320")).preprocess
-    assert (kept.min_size, kept.max_size) == (get_preset("tiny").preprocess.min_size, get_preset("tiny").preprocess.max_size)
+    assert (pre.resize, pre.min_size, pre.max_size, pre.oversize) == ("shortest_edge", tiny.min_size, tiny.max_size, "shrink")
+    fit = json.loads(report.read_text())["resize_fit"]
+    assert fit["input_hw"] == [128, 160] and f"shortest edge {tiny.min_size}" in fit["framework_resize"]
+    assert "keeps the framework's resize" in capsys.readouterr().out
     chosen = read_spec(_export(tmp_path, "--preset", "tiny", "--random-init", "--input-size", "128", "160",
-                               "--resize", "96", "128")).preprocess
-    assert (chosen.min_size, chosen.max_size) == (96, 128)
+                               "--resize", "96", "128", "--oversize", "refuse")).preprocess
+    assert (chosen.min_size, chosen.max_size, chosen.oversize) == (96, 128, "refuse")
 
 
 def test_resize_fixed_set_and_class_names_on_the_demo(tmp_path: Path) -> None:

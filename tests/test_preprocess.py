@@ -229,11 +229,17 @@ def test_resize_uses_the_spec_size_and_keeps_uniform_colour() -> None:
     assert np.allclose(batch.images[0, :, :256, :300].reshape(3, -1), expected[:, None], atol=1e-5)
 
 
-def test_fixed_input_hw_pads_or_refuses() -> None:
+def test_fixed_input_hw_pads_shrinks_or_refuses() -> None:
     spec = tiny()
     batch = preprocess([np.zeros((256, 256, 3), np.uint8)], spec, input_hw=(320, 384))
     assert batch.images.shape == (1, 3, 320, 384) and batch.metas[0].resized_hw == (256, 256)
-    with pytest.raises(UsageError, match="does not fit"):
+    assert not batch.metas[0].shrunk
+    # 256x320 resizes to itself, which is wider than 288: scaled by 288/320 to 230x288 (round(230.4)).
+    shrunk = preprocess([np.zeros((256, 320, 3), np.uint8)], spec, input_hw=(256, 288)).metas[0]
+    assert shrunk.shrunk and shrunk.resized_hw == (230, 288) and shrunk.input_hw == (256, 288)
+    spec.preprocess.oversize = "refuse"
+    with pytest.raises(ImageLoadError, match=r"<array>: 256x320 after the model's resize, larger than the fixed "
+                                             r"network input 256x288 \(preprocess.oversize 'refuse'\)"):
         preprocess([np.zeros((256, 320, 3), np.uint8)], spec, input_hw=(256, 288))
 
 

@@ -23,14 +23,14 @@ the time outside nodes honestly.
 """
 
 from retinanet_trt.bench.backends import PROTOCOL_MIN_ITERATIONS, BenchOptions, load_detector
-from retinanet_trt.bench.inputs import bench_spec, synthetic_image
+from retinanet_trt.bench.inputs import synthetic_image
 from retinanet_trt.bench.profilers import TrtLevelProfiler, ort_node_groups, ort_profile_runs
 from retinanet_trt.bench.report import format_report, plot_report
 from retinanet_trt.bench.runner import run_bench
 from retinanet_trt.bench.stats import PER_LEVEL_TOLERANCE, STAGES, central_mean, summarize
 
 __all__ = [
-    "PER_LEVEL_TOLERANCE", "PROTOCOL_MIN_ITERATIONS", "STAGES", "BenchOptions", "TrtLevelProfiler", "bench_spec",
+    "PER_LEVEL_TOLERANCE", "PROTOCOL_MIN_ITERATIONS", "STAGES", "BenchOptions", "TrtLevelProfiler",
     "central_mean", "format_report", "load_detector", "ort_node_groups", "ort_profile_runs", "plot_report",
     "run_bench", "summarize", "synthetic_image",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -12,7 +11,6 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import LoadedImage, find_images, load_image
 from retinanet_trt.runtime.preprocess import padded_side
-from retinanet_trt.spec import ModelSpec
 
 MAX_SIDE = 8192  # larger inputs are a typo, and would exhaust memory before saying so
 
@@ -35,13 +33,6 @@ def bench_images(paths: Sequence[str | os.PathLike[str]] | None, input_hw: tuple
     if not found:
         raise UsageError(f"no images found in {', '.join(map(str, paths))}; give a folder with .jpg/.png files")
     return [load_image(p) for p in found]
-
-
-def bench_spec(spec: ModelSpec, input_hw: tuple[int, int]) -> ModelSpec:
-    """The spec with its resize set to the input size, so every image and backend runs one network
-    shape; channel order, scale, mean/std and rounding stay the model's own."""
-    pre = dataclasses.replace(spec.preprocess, resize="fixed", fixed_size=list(input_hw))
-    return dataclasses.replace(spec, preprocess=pre)
 
 
 def onnx_fixed_hw(path: str) -> tuple[int, int] | None:

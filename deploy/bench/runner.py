@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.bench.backends import BenchOptions, check_device_options, load_detector
-from retinanet_trt.bench.inputs import bench_images, bench_spec, resolve_input_hw
+from retinanet_trt.bench.inputs import bench_images, resolve_input_hw
 from retinanet_trt.bench.profilers import LevelProfiler, make_level_profiler
 from retinanet_trt.bench.stats import PER_LEVEL_TOLERANCE, STAGES, central_mean, group_order, median_by_key, summarize
 from retinanet_trt.errors import UsageError
@@ -25,7 +25,7 @@ from retinanet_trt.versions import environment
 class _Item:
     name: str
     detector: Detector
-    spec: ModelSpec  # with the bench resize
+    spec: ModelSpec  # the model's own: its framework resize, padded (or shrunk) to the one input size
     profiler: LevelProfiler | None
     samples: list[dict[str, float]] = dataclasses.field(default_factory=list)
     post_levels: list[dict[str, float]] = dataclasses.field(default_factory=list)
@@ -70,7 +70,7 @@ def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
     images = bench_images(opts.images, input_hw)
     profile_runs = opts.iterations if opts.profile_runs is None else opts.profile_runs
     items = [
-        _Item(b, d, bench_spec(d.spec, input_hw), make_level_profiler(model, b, d, opts.threads) if profile_runs else None)
+        _Item(b, d, d.spec, make_level_profiler(model, b, d, opts.threads) if profile_runs else None)
         for b, d in detectors.items()
     ]
 

@@ -177,3 +177,17 @@ def show_progress(args: argparse.Namespace) -> bool:
     if getattr(args, "quiet", False):
         return False
     return sys.stderr.isatty()
+
+
+def add_oversize_arg(parser: argparse.ArgumentParser) -> None:
+    """--oversize: what a fixed-input model does with an image its framework's resize makes too large."""
+    parser.add_argument("--oversize", choices=("shrink", "refuse"),
+                        help="an image that does not fit the model's fixed input after the framework's resize: "
+                        "'shrink' it further to fit (named on stderr) or 'refuse' it (skipped with the reason); "
+                        "default: the model's spec (preprocess.oversize, 'shrink' unless exported otherwise)")
+
+
+def apply_oversize(detector: Any, args: argparse.Namespace) -> None:
+    """Set the detector's preprocess.oversize from --oversize, when given."""
+    if args.oversize:
+        detector.spec.preprocess.oversize = args.oversize

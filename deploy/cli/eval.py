@@ -8,7 +8,9 @@ from pathlib import Path
 
 from retinanet_trt.cli.common import (
     add_engine_spec_args,
+    add_oversize_arg,
     add_progress_arg,
+    apply_oversize,
     check_count,
     engine_spec_options,
     format_table,
@@ -22,6 +24,7 @@ from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, ARITHMETIC_LABELS
 from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
+from retinanet_trt.runtime.preprocess import shrunk_line
 
 EXAMPLES = """\
   trt-eval demo --demo --demo-images 200 --seed 1
@@ -41,6 +44,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--backend", choices=BACKENDS + ("onnxruntime",), help="default: from the model file type")
     add_engine_spec_args(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    add_oversize_arg(p)
     p.add_argument("--json", type=Path, help="write the stats as JSON here")
     add_progress_arg(p)
     return p
@@ -79,6 +83,7 @@ def _main(argv: list[str] | None) -> int:
     simulated = backend in ("ort-cpu", "onnxruntime") and _is_int8_onnx(str(args.model))
     detector = Detector.load(args.model, backend, **({"arithmetic": ACCURACY_ARITHMETIC} if simulated else {}),
                              **engine_spec_options(args))
+    apply_oversize(detector, args)
     with tempfile.TemporaryDirectory(prefix="retinanet_trt_demo_") as tmp:
         if args.demo:
             from retinanet_trt.demo.synthetic import generate_dataset
@@ -98,6 +103,9 @@ def _main(argv: list[str] | None) -> int:
     print_stats(stats, f"{args.model} [{detector.backend.name}] on {stats['num_images']} images")
     for failure in stats["failures"]:
         print(f"trt-eval: skipped {failure['file']}: {failure['error']}", file=sys.stderr)
+    note = shrunk_line("trt-eval", stats.pop("shrunk_metas"), detector.fixed_input_hw)
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         write_json_atomic(args.json, stats)
     return 0

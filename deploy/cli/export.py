@@ -12,8 +12,8 @@ from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
 from retinanet_trt.presets import PRESETS, get_preset
-from retinanet_trt.runtime.preprocess import padded_side
-from retinanet_trt.spec import ModelSpec
+from retinanet_trt.runtime.preprocess import fixed_input_fit, padded_side
+from retinanet_trt.spec import OVERSIZE_RULES, ModelSpec
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
     from retinanet_trt.model.retinanet import RetinaNet
@@ -55,6 +55,9 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--resize", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="resize the short side to MIN, the long side to at most MAX")
     p.add_argument("--resize-fixed", type=int, nargs=2, metavar=("H", "W"), help="stretch every image to H x W")
+    p.add_argument("--oversize", choices=OVERSIZE_RULES, help="at a fixed --input-size, an image whose framework "
+                   "resize does not fit: 'shrink' it further to fit (default; named by trt-infer/trt-eval) or "
+                   "'refuse' it. The framework's resize is kept for every image that fits")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one spec field, e.g. --set postprocess.score_thresh=[0.3,0.3,0.3,0.3,0.3]")
     p.add_argument("--class-names", type=Path, metavar="FILE",
@@ -96,9 +99,9 @@ def _spec_file(path: Path) -> dict:  # type: ignore[type-arg]
     return data
 
 
-def _overrides(args, base: ModelSpec, input_hw: tuple[int, int] | None) -> tuple[list, str | None]:  # type: ignore[no-untyped-def,type-arg]
-    """(label, partial spec) pairs from the command line, in the order they apply, and a note when
-    a resize that fits the fixed input size was chosen for the user."""
+def _overrides(args, base: ModelSpec) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """(label, partial spec) pairs from the command line, in the order they apply. A fixed input
+    size never changes the resize: the framework's own is kept (runtime.preprocess.plan_resize)."""
     from retinanet_trt import spec_overrides as so
 
     items: list[tuple[str, dict]] = []  # type: ignore[type-arg]
@@ -109,20 +112,12 @@ def _overrides(args, base: ModelSpec, input_hw: tuple[int, int] | None) -> tuple
         items.append(("--resize", {"preprocess": {"resize": "shortest_edge", "min_size": lo, "max_size": hi}}))
     if args.resize_fixed:
         items.append(("--resize-fixed", {"preprocess": {"resize": "fixed", "fixed_size": list(args.resize_fixed)}}))
+    if args.oversize:
+        items.append(("--oversize", {"preprocess": {"oversize": args.oversize}}))
     items += [(f"--set {item}", so.parse_set(item)) for item in args.set]
     if args.class_names:
         items.append((f"--class-names {args.class_names}", so.class_name_override(args.class_names, base.head.num_classes)))
-    note = None
-    chose_resize = any("preprocess" in o and ({"resize", "min_size", "max_size", "fixed_size"} & set(o["preprocess"]))
-                       for _, o in items)
-    if input_hw is not None and not args.dynamic and not chose_resize:
-        fitted = so.fitting_resize(so.apply_overrides(base, items), input_hw)
-        if fitted:
-            pre = fitted["preprocess"]
-            items.append(("--input-size", fitted))
-            note = (f"resize set to shortest edge {pre['min_size']}, longest at most {pre['max_size']} to fit the "
-                    f"{input_hw[0]}x{input_hw[1]} input (choose another with --resize or --resize-fixed)")
-    return items, note
+    return items
 
 
 def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-untyped-def]
@@ -131,7 +126,6 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
     from retinanet_trt.model.retinanet import build_model
     from retinanet_trt.spec_overrides import apply_overrides
 
-    input_hw = tuple(args.input_size) if args.input_size else None
     if args.checkpoint or args.demo:
         if args.checkpoint and (args.preset or args.demo or args.random_init):
             raise UsageError("give either a CHECKPOINT or --preset/--demo/--random-init, not both "
@@ -149,9 +143,9 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
 
             spec, model = load_demo()
             info = {"checkpoint": "bundled demo"}
-        items, note = _overrides(args, spec, input_hw)  # type: ignore[arg-type]
+        items = _overrides(args, spec)
         new = apply_overrides(spec, items, fixed=ARCHITECTURE) if items else spec
-        return new, model.eval(), {**info, **({"resize_note": note} if note else {})}
+        return new, model.eval(), info
     if args.preset:
         spec = get_preset(args.preset)
     elif args.spec:
@@ -160,10 +154,9 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
         raise UsageError("nothing to export: give a CHECKPOINT, --demo, or --preset/--spec with --random-init")
     if not args.random_init:
         raise UsageError(f"--preset/--spec builds an untrained {spec.name}; add --random-init to export it anyway")
-    items, note = _overrides(args, spec, input_hw)  # type: ignore[arg-type]
+    items = _overrides(args, spec)
     spec = apply_overrides(spec, items) if items else spec
-    return spec, build_model(spec, seed=args.seed), {"random_init_seed": args.seed,
-                                                      **({"resize_note": note} if note else {})}
+    return spec, build_model(spec, seed=args.seed), {"random_init_seed": args.seed}
 
 
 def print_report(report: dict, quiet: bool) -> None:
@@ -222,9 +215,10 @@ def _main(argv: list[str] | None) -> int:
         from retinanet_trt.plugins.end2end import end2end_file
 
         report["end2end"] = end2end_file(args.output, args.output, nms=args.nms or "onnx", check_seed=args.seed)
-    if info.get("resize_note"):
-        report["resize_chosen"] = info["resize_note"]
-        print(f"trt-export: {info['resize_note']}")
+    if not args.dynamic:
+        report["resize_fit"] = fixed_input_fit(spec.preprocess, input_hw)
+        if not args.quiet:
+            print(f"trt-export: {report['resize_fit']['summary']}")
     if args.json:
         write_json_atomic(args.json, report)
     print_report(report, args.quiet)

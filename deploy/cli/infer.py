@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from retinanet_trt.cli.common import (
     add_engine_spec_args,
+    add_oversize_arg,
     add_progress_arg,
+    apply_oversize,
     engine_spec_options,
     make_parser,
     run_main,
@@ -29,6 +31,7 @@ from retinanet_trt.fileio import existing_ancestor, staged_folder
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
 from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
+from retinanet_trt.runtime.preprocess import shrunk_line
 
 EXAMPLES = """\
   trt-infer demo photos/ -o out/infer
@@ -51,6 +54,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs, 0..1 (JSON keeps all)")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
+    add_oversize_arg(p)
     add_progress_arg(p)
     return p
 
@@ -81,8 +85,10 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
     names = annotated_names(paths)
     detector = Detector.load(args.model, args.backend, **engine_spec_options(args))
+    apply_oversize(detector, args)
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
+    metas = []
     with staged_folder(args.output, "-o", last=RESULTS) as staging:
         for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2 or not show_progress(args)), start=1):
             loaded, failed = load_images([path])
@@ -94,7 +100,9 @@ def _main(argv: list[str] | None) -> int:
                 failures.extend(failed)
                 continue
             annotated = None if args.no_draw else names[path]
-            results.extend({**r, "annotated": annotated}
+            metas.extend(detector.last_metas)
+            shrunk = detector.last_metas[0].shrunk
+            results.extend({**r, "annotated": annotated, "shrunk_to_fit": shrunk}
                            for r in detections_to_coco(dets, image_id, file_name=str(path)))
             if annotated:
                 png = staging / annotated
@@ -102,6 +110,9 @@ def _main(argv: list[str] | None) -> int:
                 draw_detections(loaded[0].pixels, dets, args.min_score).save(png, format="PNG")
         for failure in failures:
             print(_skip_line(failure), file=sys.stderr)
+        note = shrunk_line("trt-infer", metas, detector.fixed_input_hw)
+        if note:
+            print(note, file=sys.stderr)
         done = len(paths) - len(failures)
         if not done:
             raise UsageError(f"none of the {len(paths)} image(s) could be processed (see the lines above); nothing written")

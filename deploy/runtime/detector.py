@@ -26,7 +26,7 @@ from retinanet_trt.runtime.backends.base import Backend
 from retinanet_trt.runtime.images import ImageInput, LoadedImage
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
-from retinanet_trt.runtime.types import Batch, Detections
+from retinanet_trt.runtime.types import Batch, Detections, ImageMeta
 from retinanet_trt.spec import ModelSpec
 
 BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
@@ -72,6 +72,7 @@ class Detector:
         self.spec: ModelSpec = backend.spec
         self.score_threshold = _check_threshold(score_threshold)
         self.last_times_ms: dict[str, Any] = {}
+        self.last_metas: list[ImageMeta] = []  # the last call's images: sizes, and `shrunk` (plan_resize)
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], backend: str | None = None, *,
@@ -113,6 +114,7 @@ class Detector:
 
     def detect_batch(self, batch: Batch, score_threshold: float | None = None) -> list[Detections]:
         """Run the backend and the post-process on an already preprocessed batch."""
+        self.last_metas = list(batch.metas)
         outputs = self.backend.run(batch.images)
         t0 = time.perf_counter()
         level_ms: dict[str, float] = {}

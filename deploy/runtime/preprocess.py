@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -158,9 +159,62 @@ def normalize(pixels: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(_normalized(pixels, pre).transpose(2, 0, 1))
 
 
-def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) -> np.ndarray:
+@dataclass(frozen=True)
+class ResizePlan:
+    """How one image is resized for a network input.
+
+    hw: (h, w) after resizing, before padding; scale: the one factor applied to both sides (what
+    cv2.resize is given as fx = fy), or None where the resize has none (a "fixed" stretch,
+    per-side rounding); shrunk: the framework's own resize did not fit the fixed network input, so
+    the image was scaled down further (aspect kept) and its detections are not the framework's.
+    """
+
+    hw: tuple[int, int]
+    scale: float | None
+    shrunk: bool = False
+
+
+def _framework_scale(original_hw: tuple[int, int], pre: PreprocessSpec) -> float | None:
+    if pre.resize == "none":
+        return 1.0
+    if pre.resize == "shortest_edge" and pre.rounding in ("floor", "round", "detectron"):
+        return resize_scale(original_hw, pre)
+    return None
+
+
+def plan_resize(original_hw: tuple[int, int], pre: PreprocessSpec,
+                input_hw: tuple[int, int] | None = None) -> ResizePlan:
+    """The framework's resize of an image, kept whenever it fits `input_hw` (a fixed network input).
+
+    An image whose framework-resized size does not fit is, with pre.oversize "shrink", scaled by
+    the largest factor s that fits the box: for shortest_edge / none, s = min(H / h0, W / w0) of the
+    original (h0, w0), sides round(h0 * s), round(w0 * s) (as cv2.resize(fx=fy=s) sizes them); for a
+    "fixed" stretch, the fixed size is scaled so. With pre.oversize "refuse" it raises
+    ImageLoadError. Without `input_hw` (a dynamic input) the framework's resize is returned as is.
+    """
+    hw = resized_hw(original_hw, pre)
+    if input_hw is None or (hw[0] <= input_hw[0] and hw[1] <= input_hw[1]):
+        return ResizePlan(hw, _framework_scale(original_hw, pre))
+    if pre.oversize == "refuse":
+        raise ImageLoadError(
+            f"{hw[0]}x{hw[1]} after the model's resize, larger than the fixed network input {input_hw[0]}x{input_hw[1]}"
+            " (preprocess.oversize 'refuse'); use preprocess.oversize 'shrink', or export with a larger or dynamic input"
+        )
+    base = tuple(original_hw) if pre.resize in ("shortest_edge", "none") else hw
+    s = min(input_hw[0] / base[0], input_hw[1] / base[1])
+    # s * side is within an ulp of the box side on the binding axis: the min() only absorbs that ulp.
+    fitted = (min(input_hw[0], round(base[0] * s)), min(input_hw[1], round(base[1] * s)))
+    if min(fitted) < 1:
+        raise ImageLoadError(f"{original_hw[0]}x{original_hw[1]} pixels shrink to {fitted[0]}x{fitted[1]} to fit the "
+                             f"fixed network input {input_hw[0]}x{input_hw[1]}; too thin to detect in (crop or pad it)")
+    return ResizePlan(fitted, s if base == tuple(original_hw) else None, shrunk=True)
+
+
+def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec,
+                  scale: float | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, h, w) float32: resized to `hw` and normalised as pre.resize_impl says.
 
+    scale: the factor cv2_float hands to cv2.resize as fx = fy (the framework's own when None).
     The one place an image becomes network input: preprocess(), and so the detector, eval,
     calibration sets and benchmarks, go through here.
     """
@@ -172,7 +226,8 @@ def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) 
     elif impl == "skimage_float":  # float64 Normalizer, then skimage resize
         x = resize.skimage_float(_normalized(pixels, pre, np.float64), hw)
     elif impl == "cv2_float":  # subtract the means, then cv2.resize(fx=fy=scale)
-        scale = resize_scale(pixels.shape[:2], pre) if pre.resize == "shortest_edge" else None
+        if scale is None and pre.resize == "shortest_edge":
+            scale = resize_scale(pixels.shape[:2], pre)
         x = resize.cv2_float(_normalized(pixels, pre), hw, scale)
     elif impl == "cv2_uint8":  # cv2.resize the 8-bit image to hw, then normalise
         x = _normalized(resize.cv2_uint8(pixels, hw), pre)
@@ -187,33 +242,31 @@ def preprocess(
     """Images -> Batch(images (N, 3, H, W) float32, one ImageMeta each).
 
     H, W is the largest resized size padded per spec (so images of different sizes share one
-    batch), or `input_hw` when given (a static network input): each image is resized per spec and
-    zero-padded to it; an image whose resized size does not fit raises UsageError.
-    Raises ImageLoadError naming the first input that cannot be read (see iter_batches to go on).
+    batch), or `input_hw` when given (a static network input): each image is resized as its
+    framework resizes it and zero-padded to it; one whose resized size does not fit is scaled down
+    further or refused, per spec.preprocess.oversize (plan_resize; its meta says `shrunk`).
+    Raises ImageLoadError naming the first input that cannot be read or fitted (see iter_batches to go on).
     """
     if len(images) == 0:
         raise UsageError("preprocess needs at least one image")
     pre = spec.preprocess
     loaded = [load_image(im) for im in images]
-    sizes = [resized_hw(im.hw, pre) for im in loaded]
-    for im, hw in zip(loaded, sizes, strict=True):
-        if min(hw) < 1:
-            raise ImageLoadError(_unfit_message(im, hw))
+    for im in loaded:
+        reason = unfit_reason(im, pre, input_hw)
+        if reason:
+            raise ImageLoadError(reason)
+    plans = [plan_resize(im.hw, pre, input_hw) for im in loaded]
     if input_hw is None:
-        target = (padded_side(max(h for h, _ in sizes), pre), padded_side(max(w for _, w in sizes), pre))
+        target = (padded_side(max(p.hw[0] for p in plans), pre), padded_side(max(p.hw[1] for p in plans), pre))
     else:
         target = (int(input_hw[0]), int(input_hw[1]))
-        for im, (h, w) in zip(loaded, sizes, strict=True):
-            if h > target[0] or w > target[1]:
-                raise UsageError(
-                    f"{im.source}: resized to {h}x{w} by the spec, which does not fit the fixed network input "
-                    f"{target[0]}x{target[1]}; export with a larger or dynamic input size"
-                )
     batch = np.zeros((len(loaded), 3, *target), dtype=np.float32)
     metas: list[ImageMeta] = []
-    for i, (im, (h, w)) in enumerate(zip(loaded, sizes, strict=True)):
-        batch[i, :, :h, :w] = network_image(im.pixels, (h, w), pre)
-        metas.append(ImageMeta(original_hw=im.hw, resized_hw=(h, w), input_hw=target, source=im.source))
+    for i, (im, plan) in enumerate(zip(loaded, plans, strict=True)):
+        h, w = plan.hw
+        batch[i, :, :h, :w] = network_image(im.pixels, plan.hw, pre, plan.scale if plan.shrunk else None)
+        metas.append(ImageMeta(original_hw=im.hw, resized_hw=plan.hw, input_hw=target, source=im.source,
+                               shrunk=plan.shrunk))
     return Batch(images=batch, metas=metas)
 
 
@@ -223,10 +276,17 @@ def _unfit_message(image: LoadedImage, resized: tuple[int, int]) -> str:
             "too thin to detect in (crop or pad it)")
 
 
-def unfit_reason(image: LoadedImage, pre: PreprocessSpec) -> str | None:
-    """Why the spec's resize cannot make a network input of this image (e.g. 20000x1), or None."""
+def unfit_reason(image: LoadedImage, pre: PreprocessSpec, input_hw: tuple[int, int] | None = None) -> str | None:
+    """Why the spec's resize cannot make a network input of this image (e.g. 20000x1, or one too
+    large for a fixed input under oversize 'refuse'), or None."""
     resized = resized_hw(image.hw, pre)
-    return _unfit_message(image, resized) if min(resized) < 1 else None
+    if min(resized) < 1:
+        return _unfit_message(image, resized)
+    try:
+        plan_resize(image.hw, pre, input_hw)
+    except ImageLoadError as exc:
+        return f"{image.source}: {exc}"
+    return None
 
 
 def iter_batches(
@@ -251,7 +311,7 @@ def iter_batches(
             loaded, failed = load_images([item])
             failures.extend(failed)
             for image in loaded:
-                reason = unfit_reason(image, spec.preprocess)
+                reason = unfit_reason(image, spec.preprocess, input_hw)
                 if reason:
                     failures.append(LoadFailure(image.source, reason))
                 else:
@@ -261,3 +321,70 @@ def iter_batches(
             pending = []
     if pending:
         yield preprocess(pending, spec, input_hw)
+
+
+def _resize_words(pre: PreprocessSpec) -> str:
+    if pre.resize == "shortest_edge":
+        what = f"shortest edge {pre.min_size}, longest at most {pre.max_size}"
+    elif pre.resize == "fixed":
+        what = f"stretch to {pre.fixed_size[0]}x{pre.fixed_size[1]}" if pre.fixed_size else "stretch"
+    else:
+        what = "no resize"
+    return f"{what} ({pre.rounding} rounding, {pre.resize_impl})"
+
+
+def _exact_aspects(pre: PreprocessSpec, box_short: int, box_long: int) -> list[float] | None:
+    """[lo, hi] of long/short aspects whose shortest-edge resize fits a box whose side along the
+    image's short side is box_short and along its long side box_long (hi None: no upper bound), or
+    None when no aspect fits. Exact up to the framework's one-pixel rounding."""
+    m, big = pre.min_size, pre.max_size
+    # resized short side = min(m, big / a) <= box_short, resized long side = min(m * a, big) <= box_long
+    lo = 1.0 if m <= box_short else big / box_short
+    hi = None if big <= box_long else box_long / m
+    if hi is not None and hi < lo:
+        return None
+    return [round(lo, 3), None if hi is None else round(hi, 3)]
+
+
+def fixed_input_fit(pre: PreprocessSpec, input_hw: tuple[int, int]) -> dict[str, object]:
+    """What a fixed network input keeps of the framework's resize (plan_resize): the resize kept,
+    the image aspects (long/short, landscape and portrait) whose resized size fits and so stay
+    exact, and what happens to the others. For the export report."""
+    h, w = input_hw
+    out: dict[str, object] = {"framework_resize": _resize_words(pre), "input_hw": [h, w], "oversize": pre.oversize}
+    if pre.resize == "shortest_edge":
+        land, port = _exact_aspects(pre, h, w), _exact_aspects(pre, w, h)
+        out.update(exact_landscape_aspects=land, exact_portrait_aspects=port)
+
+        def words(r: list[float] | None, kind: str) -> str:
+            if r is None:
+                return f"no {kind} image"
+            if r[0] <= 1.0 and r[1] is None:
+                return f"every {kind} image"
+            lo = "" if r[0] <= 1.0 else f"from {r[0]:g} "
+            return f"{kind} images of aspect {lo}{'up to ' + format(r[1], 'g') if r[1] else 'on'}"
+        exact = f"exact for {words(land, 'landscape')} and {words(port, 'portrait')} (long/short)"
+    elif pre.resize == "fixed":
+        fits = bool(pre.fixed_size) and pre.fixed_size[0] <= h and pre.fixed_size[1] <= w  # type: ignore[index]
+        out["exact_all"] = fits
+        exact = "exact for every image" if fits else "the stretch does not fit: no image is exact"
+    else:
+        exact = f"exact for images up to {h}x{w} pixels"
+    other = ("scaled down further to fit (aspect kept, not exact; trt-infer/trt-eval name them)"
+             if pre.oversize == "shrink" else "refused with the reason (preprocess.oversize 'refuse')")
+    out["summary"] = (f"keeps the framework's resize, {out['framework_resize']}, at the fixed {h}x{w} input: {exact}; "
+                      f"the others are {other}")
+    return out
+
+
+def shrunk_line(tool: str, metas: Sequence[ImageMeta], input_hw: tuple[int, int] | None, shown: int = 5) -> str | None:
+    """One line naming the images scaled down further to fit a fixed input (ImageMeta.shrunk), or None."""
+    shrunk = [m for m in metas if m.shrunk]
+    if not shrunk:
+        return None
+    where = f"the fixed {input_hw[0]}x{input_hw[1]} input" if input_hw else "the fixed input"
+    names = ", ".join(f"{m.source} ({m.original_hw[0]}x{m.original_hw[1]} -> {m.resized_hw[0]}x{m.resized_hw[1]})"
+                      for m in shrunk[:shown])
+    more = f" and {len(shrunk) - shown} more" if len(shrunk) > shown else ""
+    return (f"{tool}: {len(shrunk)} image(s) larger than {where} after the model's resize were scaled down further "
+            f"(detections not exact to the framework; export a larger input or use --oversize refuse): {names}{more}")

@@ -12,13 +12,16 @@ class ImageMeta:
     """Sizes of one image through the pre-process, all as (height, width) in pixels.
 
     original_hw: the decoded image; resized_hw: after the spec's resize, before padding;
-    input_hw: the padded network input (the batch tensor's H, W).
+    input_hw: the padded network input (the batch tensor's H, W); shrunk: the framework's resize
+    did not fit a fixed network input and the image was scaled down further (preprocess.plan_resize),
+    so its detections are not exactly the framework's.
     """
 
     original_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     input_hw: tuple[int, int]
     source: str = ""  # file name or "<array>", for reports
+    shrunk: bool = False
 
 
 @dataclass
