@@ -52,7 +52,8 @@ def read_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> ModelS
     where = model_or_path if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model"
     props = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in props:
-        raise UsageError(f"{where} has no retinanet_trt spec in its metadata; export it with trt-export")
+        raise UsageError(f"{where} has no retinanet_trt spec in its metadata; export it with trt-export, or for a "
+                         "file made by another tool pass --spec SPEC.json or --onnx FP32.onnx (the file it was made from)")
     try:
         spec = ModelSpec.from_json(props[SPEC_KEY])
     except UsageError as exc:
@@ -111,3 +112,61 @@ def read_info(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> dict[s
     if not isinstance(info, dict):
         raise UsageError(f"the ONNX file's {INFO_KEY} metadata is not a JSON object; re-export it")
     return info
+
+
+def has_qdq(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> bool:
+    """Whether the graph quantizes (any QuantizeLinear node), whatever its metadata says: such a
+    file is scored in simulated Q/DQ, the arithmetic TensorRT's explicit quantization honours."""
+    return any(node.op_type == "QuantizeLinear" for node in load_onnx(model_or_path).graph.node)
+
+
+def _io(values: Any) -> dict[str, tuple[int, tuple[int | str | None, ...]]]:
+    """{name: (element type, dims)}; a dim is its value, its symbolic name, or None."""
+    out = {}
+    for v in values:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        out[v.name] = (t.elem_type, dims)
+    return out
+
+
+def io_mismatch(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | None:
+    """What differs between two graphs' inputs and outputs (names, element types, ranks, fixed
+    dims; a symbolic or unknown dim matches any), or None when they agree."""
+    for kind in ("input", "output"):
+        ours = _io(v for v in getattr(model.graph, kind) if v.name not in {i.name for i in model.graph.initializer})
+        theirs = _io(v for v in getattr(reference.graph, kind) if v.name not in {i.name for i in reference.graph.initializer})
+        if sorted(ours) != sorted(theirs):
+            return f"{kind}s {sorted(ours)} vs {sorted(theirs)}"
+        for name, (etype, dims) in ours.items():
+            ref_type, ref_dims = theirs[name]
+            if etype != ref_type:
+                return (f"{kind} {name} is {onnx.TensorProto.DataType.Name(etype)} vs "
+                        f"{onnx.TensorProto.DataType.Name(ref_type)}")
+            fixed = [(a, b) for a, b in zip(dims, ref_dims) if isinstance(a, int) and isinstance(b, int)]
+            if len(dims) != len(ref_dims) or any(a != b for a, b in fixed):
+                return f"{kind} {name} has shape {list(dims)} vs {list(ref_dims)}"
+    return None
+
+
+def resolve_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str], *, spec: ModelSpec | None = None,
+                 onnx_file: str | os.PathLike[str] | None = None) -> ModelSpec:
+    """The spec a runner uses for an ONNX file: `spec` when given (a file another tool wrote, e.g.
+    ModelOpt's or ORT's quantizer output, carries none), else the one stored in `onnx_file` (the
+    FP32 file it was quantized from: the two graphs' inputs and outputs must agree), else the
+    file's own (read_spec). The spec is checked against the graph's outputs; UsageError otherwise."""
+    if spec is not None and onnx_file is not None:
+        raise UsageError("give the spec either as --spec SPEC.json or as --onnx FP32.onnx, not both")
+    model = load_onnx(model_or_path)
+    where = str(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model"
+    if onnx_file is not None:
+        reference = load_onnx(onnx_file)
+        differ = io_mismatch(model, reference)
+        if differ:
+            raise UsageError(f"{where} and --onnx {onnx_file} are not the same network ({differ}); "
+                             "give the FP32 file this one was made from")
+        spec = read_spec(reference)
+    if spec is None:
+        return read_spec(model)
+    check_spec_matches_outputs(spec, model, where)
+    return spec

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_spec
+from retinanet_trt.export.metadata import resolve_spec
 from retinanet_trt.runtime.backends.base import StageTimes
 
 PROVIDERS = {
@@ -88,7 +88,8 @@ class OrtBackend:
     """
 
     def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0, device: int = 0,
-                 profile_dir: str | None = None, arithmetic: str = FUSED) -> None:
+                 profile_dir: str | None = None, arithmetic: str = FUSED, spec: Any = None,
+                 onnx: str | os.PathLike[str] | None = None) -> None:
         import onnxruntime as ort
 
         if backend not in PROVIDERS:
@@ -101,7 +102,8 @@ class OrtBackend:
             )
         self.name = backend
         self.path = Path(onnx_path)
-        self.spec = read_spec(self.path)
+        # spec / onnx: for a file without this project's metadata (another tool's quantizer output)
+        self.spec = resolve_spec(self.path, spec=spec, onnx_file=onnx)
         # arithmetic SIMULATED: Q/DQ as written (accuracy checks); FUSED: ORT's default (speed)
         self.arithmetic = arithmetic
         options = session_options(threads, arithmetic)
