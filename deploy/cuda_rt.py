@@ -17,20 +17,30 @@ from typing import Any
 
 import numpy as np
 
-INSTALL_HINT = "pip install 'cuda-python>=12.4' (use a 12.x release with a CUDA 12 driver, e.g. JetPack 6)"
+from retinanet_trt.runtime.backends.optional import MissingPackage, install_hint, requires
+
+INSTALL_HINT = install_hint("cuda")
 
 
 class CudaError(RuntimeError):
     """A CUDA runtime call failed; the message names the call and CUDA's own error text."""
 
 
+_runtime: ModuleType | None = None
+
+
 def runtime() -> ModuleType:
-    """The cuda-python runtime module (new or old location); ImportError when cuda-python is missing."""
-    try:
-        from cuda.bindings import runtime as rt
-    except ImportError:
-        from cuda import cudart as rt  # cuda-python < 12.6
-    return rt
+    """The cuda-python runtime module (new or old location); MissingPackage (a one-line UsageError,
+    also an ImportError) naming the install when cuda-python is missing."""
+    global _runtime
+    if _runtime is None:
+        with requires("cuda"):
+            try:
+                from cuda.bindings import runtime as rt
+            except ImportError:
+                from cuda import cudart as rt  # cuda-python < 12.6
+        _runtime = rt
+    return _runtime
 
 
 def _call(name: str, *args: Any) -> Any:
@@ -50,8 +60,8 @@ def gpu_available() -> tuple[bool, str]:
     """(True, device name) when cuda-python is installed and a CUDA device answers; else (False, why)."""
     try:
         runtime()
-    except ImportError:
-        return False, f"cuda-python is not installed ({INSTALL_HINT})"
+    except MissingPackage as exc:
+        return False, str(exc)
     try:
         count = _call("cudaGetDeviceCount")
     except CudaError as exc:

@@ -6,7 +6,9 @@ TensorRT 10.3 (JetPack 6), 10.13 (JetPack 7) and 11.4 is used unguarded; anythin
 feature-detected with hasattr/getattr. tests/test_trt_api_names.py checks that against the
 name lists of those versions and runs mypy over this module with tensorrt-stubs.
 
-TensorRT is imported inside the functions, so importing this module works without it.
+TensorRT is imported inside the functions, so importing this module works without it; each import
+sits in `with requires("tensorrt")` (runtime/backends/optional.py), so a missing TensorRT is one
+line naming the install, not a traceback.
 
 Precision lives in the ONNX file (FP16 tensors, INT8 Q/DQ nodes), so networks are strongly typed:
 always on TensorRT 11, through the STRONGLY_TYPED creation flag on 10.x. The one exception is a
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+from retinanet_trt.runtime.backends.optional import MissingPackage, install_hint, requires
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -57,12 +61,13 @@ class TrtError(RuntimeError):
 def available() -> tuple[bool, str]:
     """(True, "TensorRT x on GPU y") when TensorRT and a CUDA GPU are usable, else (False, the reason)."""
     try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer cannot be loaded
-        return False, f"TensorRT is not installed ({exc}); `pip install tensorrt` on a GPU host, JetPack ships it"
+        with requires("tensorrt"):  # also an OSError: the wheel is there but libnvinfer cannot be loaded
+            import tensorrt as trt
+    except MissingPackage as exc:
+        return False, str(exc)
     # `tensorrt-stubs` alone makes `import tensorrt` succeed as an empty namespace package.
     if not hasattr(trt, "Builder"):
-        return False, "only type stubs of TensorRT are installed here, not TensorRT itself; run on a GPU host"
+        return False, f"only type stubs of TensorRT are installed here, not TensorRT itself: {install_hint('tensorrt')}"
     from retinanet_trt import cuda_rt
 
     ok, why = cuda_rt.gpu_available()
@@ -80,7 +85,8 @@ def require() -> None:
 
 def version() -> str:
     """TensorRT's version string, e.g. "10.13.0.35"."""
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     # __version__ comes from the Python package, not the compiled bindings the name lists cover.
     return str(getattr(trt, "__version__", "unknown"))
@@ -89,7 +95,8 @@ def version() -> str:
 # ---------------------------------------------------------------------------------------- helpers
 def _make_logger(errors: list[str], verbose: bool) -> trt.ILogger:
     """A logger that keeps TensorRT's error messages (for our exceptions) and prints warnings if verbose."""
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
@@ -105,7 +112,8 @@ def _make_logger(errors: list[str], verbose: bool) -> trt.ILogger:
 
 
 def _dims(shape: Sequence[int]) -> trt.Dims:
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     return trt.Dims([int(d) for d in shape])
 
@@ -126,7 +134,8 @@ def _last_errors(errors: list[str], limit: int = 3) -> str:
 
 def load_plugin_libraries(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Load plugin shared libraries so their creators are registered before parsing or deserializing."""
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     from retinanet_trt.plugins.library import check_plugin_library
     from retinanet_trt.plugins.library import load_plugin_libraries as dlopen_plugin_libraries
@@ -160,7 +169,8 @@ class TensorInfo:
 
 
 def _io_tensors(engine: trt.ICudaEngine) -> list[TensorInfo]:
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     tensors = []
     for i in range(engine.num_io_tensors):
@@ -206,7 +216,8 @@ class BuildResult:
 def build_serialized(onnx_path: str | os.PathLike[str], options: BuildOptions) -> BuildResult:
     """Parse the ONNX file, build and serialize an engine, and describe its layers; TrtError on failure."""
     require()
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     errors: list[str] = []
     logger = _make_logger(errors, options.verbose)
@@ -290,7 +301,8 @@ class LayerTimes:
 
 
 def _make_profiler(times: LayerTimes) -> trt.IProfiler:
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     class _Profiler(trt.IProfiler):
         def __init__(self) -> None:
@@ -351,7 +363,8 @@ class _OutputAllocatorCallbacks:
 
 
 def _make_output_allocator(reallocate: Reallocate, notify: NotifyShape) -> trt.IOutputAllocator:
-    import tensorrt as trt
+    with requires("tensorrt"):
+        import tensorrt as trt
 
     class _OutputAllocator(_OutputAllocatorCallbacks, trt.IOutputAllocator):
         def __init__(self) -> None:
@@ -374,7 +387,8 @@ class LoadedEngine:
         verbose: bool = False,
     ) -> None:
         require()
-        import tensorrt as trt
+        with requires("tensorrt"):
+            import tensorrt as trt
 
         self._errors: list[str] = []
         self._logger = _make_logger(self._errors, verbose)

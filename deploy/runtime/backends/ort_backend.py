@@ -13,6 +13,7 @@ import onnx
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.metadata import resolve_spec
 from retinanet_trt.runtime.backends.base import StageTimes
+from retinanet_trt.runtime.backends.optional import ORT_GPU_HINT, requires
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -40,7 +41,8 @@ ACCURACY_ARITHMETIC = SIMULATED
 def session_options(threads: int = 0, arithmetic: str = FUSED, optimized_model_path: str | None = None):  # type: ignore[no-untyped-def]
     """SessionOptions for `arithmetic` (see ARITHMETIC_LABELS). optimized_model_path: ORT writes the
     graph it will run there, which shows whether Q/DQ was fused (tests check it)."""
-    import onnxruntime as ort
+    with requires("onnxruntime"):
+        import onnxruntime as ort
 
     if arithmetic not in ARITHMETICS:
         raise UsageError(f"arithmetic {arithmetic!r}: choose one of {', '.join(ARITHMETICS)}")
@@ -56,7 +58,8 @@ def session_options(threads: int = 0, arithmetic: str = FUSED, optimized_model_p
 def ort_session(source: str | bytes, options: Any, providers: list[Any], what: str):  # type: ignore[no-untyped-def]
     """onnxruntime.InferenceSession, with a model ONNX Runtime refuses (a TensorRT-only plugin such
     as EfficientNMS_TRT, an op it lacks, a damaged graph) as one UsageError naming `what`."""
-    import onnxruntime as ort
+    with requires("onnxruntime"):
+        import onnxruntime as ort
 
     try:
         return ort.InferenceSession(source, options, providers=providers)
@@ -90,10 +93,11 @@ class OrtBackend:
     def __init__(self, onnx_path: str | os.PathLike[str], backend: str = "ort-cpu", threads: int = 0, device: int = 0,
                  profile_dir: str | None = None, arithmetic: str = FUSED, spec: Any = None,
                  onnx: str | os.PathLike[str] | None = None) -> None:
-        import onnxruntime as ort
-
         if backend not in PROVIDERS:
             raise UsageError(f"unknown ONNX Runtime backend {backend!r}; choose one of {', '.join(PROVIDERS)}")
+        with requires("onnxruntime", f"backend {backend}", None if backend == "ort-cpu" else ORT_GPU_HINT):
+            import onnxruntime as ort
+
         provider = PROVIDERS[backend]
         if provider not in ort.get_available_providers():
             raise UsageError(
