@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from retinanet_trt.errors import EnvironmentFault, Terminated, UsageError
@@ -98,12 +100,15 @@ def check_count(flag: str, value: int | None, low: int = 1, high: int = MAX_IMAG
 
 
 def add_engine_spec_args(parser: argparse.ArgumentParser) -> None:
-    """--spec / --onnx: what an engine built without trt-build (trtexec, Polygraphy) is."""
+    """--spec / --onnx: what a model that does not describe itself is: an engine without a sidecar
+    (trtexec, Polygraphy) or an ONNX file another tool wrote (ModelOpt, ORT quantize_static)."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--spec", metavar="SPEC.json", help="for an engine without a sidecar: its model spec "
-                       "(trt-inspect --spec-json writes one)")
-    group.add_argument("--onnx", metavar="MODEL.onnx", help="for an engine without a sidecar: the ONNX it was "
-                       "built from (its stored spec is used)")
+    group.add_argument("--spec", metavar="SPEC.json", help="for an engine without a sidecar or an ONNX without this "
+                       "project's metadata (e.g. another quantizer's output): its model spec (trt-inspect --spec-json "
+                       "writes one)")
+    group.add_argument("--onnx", metavar="FP32.onnx", help="for an engine without a sidecar or an ONNX without this "
+                       "project's metadata: the ONNX it was built or quantized from (its stored spec is used; the "
+                       "inputs and outputs must agree)")
 
 
 def engine_spec_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,19 +117,48 @@ def engine_spec_options(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     from retinanet_trt.runtime.detector import default_backend
 
-    if (args.backend or default_backend(str(args.model))) != "trt":
-        raise UsageError("--spec / --onnx describe a TensorRT engine without a sidecar; give an engine "
-                         "(--backend trt), ONNX files and checkpoints carry their own spec")
+    if (args.backend or default_backend(str(args.model))) == "torch":
+        raise UsageError("--spec / --onnx describe an engine without a sidecar or an ONNX file without this "
+                         "project's metadata; checkpoints and 'demo' carry their own spec")
     if args.onnx:
         return {"onnx": args.onnx}
-    from pathlib import Path
+    return {"spec": read_spec_file(args.spec)}
 
+
+def read_spec_file(text: str | os.PathLike[str]) -> Any:
+    """The ModelSpec in a --spec JSON file; UsageError naming the file when it is missing or invalid."""
     from retinanet_trt.spec import ModelSpec
 
-    path = Path(args.spec)
+    path = Path(text)
     if not path.is_file():
         raise UsageError(f"--spec {path} not found; write one with `trt-inspect CHECKPOINT --spec-json {path}`")
-    return {"spec": ModelSpec.from_json(path.read_text())}
+    try:
+        return ModelSpec.from_json(path.read_text())
+    except UnicodeDecodeError:
+        raise UsageError(f"--spec {path} is not a JSON text file") from None
+
+
+def model_options(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """(Detector.load options, arithmetic label) for args.model on args.backend: --spec / --onnx,
+    and for an ONNX file whose graph quantizes (any QuantizeLinear, whatever its metadata says) on
+    ort-cpu the simulated Q/DQ arithmetic: ORT's default session fuses Q/DQ into integer kernels
+    whose results depend on the CPU. The label names the arithmetic (None for a float file)."""
+    from retinanet_trt.runtime.detector import default_backend
+
+    options = engine_spec_options(args)
+    model = str(args.model)
+    backend = args.backend or default_backend(model)
+    if not (model.endswith(".onnx") and Path(model).is_file()) or backend == "torch":
+        return options, None
+    from retinanet_trt.export.metadata import has_qdq
+
+    if not has_qdq(model):
+        return options, None
+    from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, ARITHMETIC_LABELS
+
+    if backend in ("ort-cpu", "onnxruntime"):
+        return {**options, "arithmetic": ACCURACY_ARITHMETIC}, ARITHMETIC_LABELS[ACCURACY_ARITHMETIC]
+    return options, f"{backend}: the execution provider's own INT8 kernels (Q/DQ not simulated)"
 
 
 def format_number(v: float) -> str:

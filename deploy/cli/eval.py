@@ -12,9 +12,9 @@ from retinanet_trt.cli.common import (
     add_progress_arg,
     apply_oversize,
     check_count,
-    engine_spec_options,
     format_table,
     make_parser,
+    model_options,
     run_main,
     seed,
     show_progress,
@@ -22,7 +22,6 @@ from retinanet_trt.cli.common import (
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
-from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, ARITHMETIC_LABELS
 from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
 from retinanet_trt.runtime.preprocess import shrunk_line
 
@@ -57,15 +56,6 @@ def print_stats(stats: dict, title: str) -> None:
         print(format_table(["category", "AP"], [[k, v] for k, v in stats["per_category"].items()]))
 
 
-def _is_int8_onnx(model: str) -> bool:
-    """An ONNX file trt-calib quantized (Q/DQ nodes), by the precision in its metadata."""
-    if not (model.endswith(".onnx") and Path(model).is_file()):
-        return False
-    from retinanet_trt.export.metadata import read_info
-
-    return read_info(model).get("precision") == "int8"
-
-
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_outputs({"--json": args.json}, {"MODEL": args.model, "--annotations": args.annotations})
@@ -79,10 +69,10 @@ def _main(argv: list[str] | None) -> int:
         check_count("--demo-images", args.demo_images)
     backend = args.backend or default_backend(str(args.model))
     # On the CPU, ORT's default optimisations fuse Q/DQ into integer kernels whose results depend on
-    # the CPU; an INT8 file is scored with Q/DQ as written instead (the arithmetic trt-calib uses).
-    simulated = backend in ("ort-cpu", "onnxruntime") and _is_int8_onnx(str(args.model))
-    detector = Detector.load(args.model, backend, **({"arithmetic": ACCURACY_ARITHMETIC} if simulated else {}),
-                             **engine_spec_options(args))
+    # the CPU; a file whose graph quantizes (any tool's) is scored with Q/DQ as written instead (the
+    # arithmetic trt-calib uses), and the stats name it.
+    options, arithmetic = model_options(args)
+    detector = Detector.load(args.model, backend, **options)
     apply_oversize(detector, args)
     with tempfile.TemporaryDirectory(prefix="retinanet_trt_demo_") as tmp:
         if args.demo:
@@ -95,12 +85,14 @@ def _main(argv: list[str] | None) -> int:
             if not images.is_dir():
                 raise UsageError(f"--images {images} is not a folder")
         stats = evaluate(detector, images, annotations, max_images=args.max_images, progress=show_progress(args))
-    if simulated:
-        stats["arithmetic"] = ARITHMETIC_LABELS[ACCURACY_ARITHMETIC]
+    if arithmetic:
+        stats["arithmetic"] = arithmetic
     stats.update(model=str(args.model), backend=detector.backend.name,
                  dataset={"demo": args.demo, "images": args.demo_images if args.demo else stats["num_images"],
                           "seed": args.seed if args.demo else None})
     print_stats(stats, f"{args.model} [{detector.backend.name}] on {stats['num_images']} images")
+    if arithmetic:
+        print(f"arithmetic: {arithmetic}")
     for failure in stats["failures"]:
         print(f"trt-eval: skipped {failure['file']}: {failure['error']}", file=sys.stderr)
     note = shrunk_line("trt-eval", stats.pop("shrunk_metas"), detector.fixed_input_hw)

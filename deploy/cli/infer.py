@@ -20,8 +20,8 @@ from retinanet_trt.cli.common import (
     add_oversize_arg,
     add_progress_arg,
     apply_oversize,
-    engine_spec_options,
     make_parser,
+    model_options,
     run_main,
     show_progress,
 )
@@ -84,7 +84,8 @@ def _main(argv: list[str] | None) -> int:
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
     names = annotated_names(paths)
-    detector = Detector.load(args.model, args.backend, **engine_spec_options(args))
+    options, arithmetic = model_options(args)  # a file whose graph quantizes runs in simulated Q/DQ on ort-cpu
+    detector = Detector.load(args.model, args.backend, **options)
     apply_oversize(detector, args)
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
@@ -118,7 +119,8 @@ def _main(argv: list[str] | None) -> int:
             raise UsageError(f"none of the {len(paths)} image(s) could be processed (see the lines above); nothing written")
         (staging / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(f"{done} image(s), {len(results)} detection(s) -> {args.output / RESULTS}"
-          + (f"; {len(failures)} image(s) skipped" if failures else ""))
+          + (f"; {len(failures)} image(s) skipped" if failures else "")
+          + (f"; arithmetic: {arithmetic}" if arithmetic else ""))
     return 0
 
 

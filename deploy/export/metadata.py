@@ -131,8 +131,9 @@ def _io(values: Any) -> dict[str, tuple[int, tuple[int | str | None, ...]]]:
 
 
 def io_mismatch(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | None:
-    """What differs between two graphs' inputs and outputs (names, element types, ranks, fixed
-    dims; a symbolic or unknown dim matches any), or None when they agree."""
+    """What differs between two graphs' inputs and outputs (names, element types, shapes: a fixed
+    dim must be the same number, a symbolic or unknown one symbolic or unknown too), or None when
+    they agree. A quantizer keeps its source's inputs and outputs as they are."""
     for kind in ("input", "output"):
         ours = _io(v for v in getattr(model.graph, kind) if v.name not in {i.name for i in model.graph.initializer})
         theirs = _io(v for v in getattr(reference.graph, kind) if v.name not in {i.name for i in reference.graph.initializer})
@@ -143,8 +144,10 @@ def io_mismatch(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | Non
             if etype != ref_type:
                 return (f"{kind} {name} is {onnx.TensorProto.DataType.Name(etype)} vs "
                         f"{onnx.TensorProto.DataType.Name(ref_type)}")
-            fixed = [(a, b) for a, b in zip(dims, ref_dims) if isinstance(a, int) and isinstance(b, int)]
-            if len(dims) != len(ref_dims) or any(a != b for a, b in fixed):
+            def fixed(ds: tuple[int | str | None, ...]) -> list[int | None]:
+                return [d if isinstance(d, int) else None for d in ds]
+
+            if fixed(dims) != fixed(ref_dims):
                 return f"{kind} {name} has shape {list(dims)} vs {list(ref_dims)}"
     return None
 
