@@ -111,7 +111,8 @@ def detectron2_keys() -> KeySpec:
     return k.keys
 
 
-def maskrcnn_benchmark_keys(p6_from_p5: bool = False) -> KeySpec:
+def maskrcnn_benchmark_keys(p6_from_p5: bool = False, channels: int = 256, num_classes: int = 80) -> KeySpec:
+    """channels: FPN and head width (1024 in the seed's text detector); num_classes: 80 COCO or e.g. 1."""
     k = _Keys()
     k.conv("backbone.body.stem.conv1", 64, 3, 7)
     k.bn("backbone.body.stem.bn1", 64)
@@ -124,17 +125,17 @@ def maskrcnn_benchmark_keys(p6_from_p5: bool = False) -> KeySpec:
             k.conv(f"{p}.downsample.0", cout, cin, 1)
             k.bn(f"{p}.downsample.1", cout)
     for idx, c in zip((2, 3, 4), (512, 1024, 2048), strict=True):
-        k.conv(f"backbone.fpn.fpn_inner{idx}", 256, c, 1, bias=True)
-        k.conv(f"backbone.fpn.fpn_layer{idx}", 256, 256, 3, bias=True)
-    k.conv("backbone.fpn.top_blocks.p6", 256, 256 if p6_from_p5 else 2048, 3, bias=True)
-    k.conv("backbone.fpn.top_blocks.p7", 256, 256, 3, bias=True)
+        k.conv(f"backbone.fpn.fpn_inner{idx}", channels, c, 1, bias=True)
+        k.conv(f"backbone.fpn.fpn_layer{idx}", channels, channels, 3, bias=True)
+    k.conv("backbone.fpn.top_blocks.p6", channels, channels if p6_from_p5 else 2048, 3, bias=True)
+    k.conv("backbone.fpn.top_blocks.p7", channels, channels, 3, bias=True)
     for lv in range(5):
         k.keys[f"rpn.anchor_generator.cell_anchors.{lv}"] = ("anchors", (9, 4))
     for tower in ("cls_tower", "bbox_tower"):
         for n in range(4):
-            k.conv(f"rpn.head.{tower}.{2 * n}", 256, 256, 3, bias=True, role="tower")
-    k.conv("rpn.head.cls_logits", 720, 256, 3, bias=True, role="cls_pred")
-    k.conv("rpn.head.bbox_pred", 36, 256, 3, bias=True, role="box_pred")
+            k.conv(f"rpn.head.{tower}.{2 * n}", channels, channels, 3, bias=True, role="tower")
+    k.conv("rpn.head.cls_logits", 9 * num_classes, channels, 3, bias=True, role="cls_pred")
+    k.conv("rpn.head.bbox_pred", 36, channels, 3, bias=True, role="box_pred")
     return k.keys
 
 
@@ -203,7 +204,7 @@ def key_spec(framework: str, **variant: Any) -> KeySpec:
     if framework.startswith("torchvision"):
         return torchvision_keys(v2=framework == "torchvision_v2", legacy=variant.get("legacy", framework == "torchvision_v1"))
     if framework == "maskrcnn_benchmark":
-        return maskrcnn_benchmark_keys(p6_from_p5=variant.get("p6_from_p5", False))
+        return maskrcnn_benchmark_keys(**variant)
     return {"detectron2": detectron2_keys, "yhenon": yhenon_keys, "detectron": detectron_keys}[framework]()
 
 
