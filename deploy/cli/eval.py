@@ -19,6 +19,7 @@ from retinanet_trt.cli.common import (
     seed,
     show_progress,
 )
+from retinanet_trt.cli.pipeline_args import add_pipeline_args, pipeline_options
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
@@ -44,6 +45,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     add_engine_spec_args(p)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     add_oversize_arg(p)
+    add_pipeline_args(p)
     p.add_argument("--json", type=Path, help="write the stats as JSON here")
     add_progress_arg(p)
     return p
@@ -67,6 +69,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"--max-images {args.max_images}: give at least 1 (or leave it out for all images)")
     if args.demo:
         check_count("--demo-images", args.demo_images)
+    pipeline = pipeline_options(args)
     backend = args.backend or default_backend(str(args.model))
     # On the CPU, ORT's default optimisations fuse Q/DQ into integer kernels whose results depend on
     # the CPU; a file whose graph quantizes (any tool's) is scored with Q/DQ as written instead (the
@@ -84,7 +87,8 @@ def _main(argv: list[str] | None) -> int:
             annotations, images = args.annotations, args.images
             if not images.is_dir():
                 raise UsageError(f"--images {images} is not a folder")
-        stats = evaluate(detector, images, annotations, max_images=args.max_images, progress=show_progress(args))
+        stats = evaluate(detector, images, annotations, max_images=args.max_images, progress=show_progress(args),
+                         **pipeline)
     if arithmetic:
         stats["arithmetic"] = arithmetic
     stats.update(model=str(args.model), backend=detector.backend.name,

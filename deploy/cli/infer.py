@@ -25,13 +25,16 @@ from retinanet_trt.cli.common import (
     run_main,
     show_progress,
 )
+from retinanet_trt.cli.pipeline_args import add_pipeline_args, pipeline_options
 from retinanet_trt.errors import UsageError
 from retinanet_trt.evaluate import detections_to_coco
 from retinanet_trt.fileio import existing_ancestor, staged_folder
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
-from retinanet_trt.runtime.images import LoadFailure, find_images, load_images
+from retinanet_trt.runtime.images import LoadedImage, LoadFailure, find_images
+from retinanet_trt.runtime.pipeline import ImageResult
 from retinanet_trt.runtime.preprocess import shrunk_line
+from retinanet_trt.runtime.types import ImageMeta
 
 EXAMPLES = """\
   trt-infer demo photos/ -o out/infer
@@ -55,6 +58,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--min-score", type=float, default=0.3, help="lowest score drawn on the PNGs, 0..1 (JSON keeps all)")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
     add_oversize_arg(p)
+    add_pipeline_args(p)
     add_progress_arg(p)
     return p
 
@@ -73,42 +77,58 @@ def _skip_line(failure: LoadFailure) -> str:
     return f"trt-infer: skipped {why}"
 
 
+def detect_paths(detector: Detector, paths: list[Path], *, staging: Path | None = None, min_score: float = 0.3,
+                 progress: bool = False, **pipeline: Any) -> tuple[list[dict[str, Any]], list[LoadFailure], list[ImageMeta]]:
+    """trt-infer's loop over image files: (COCO results entries, failures, metas), in input order.
+
+    Images run through Detector.stream (decode + pre-process ahead and post-process behind in
+    worker threads; `pipeline`: batch_size, workers, max_queue_mb). With `staging`, each image's
+    annotated PNG is drawn and written there by a worker. image_id is the position in `paths`
+    from 1, also for the images around a failed one.
+    """
+    names = annotated_names(paths) if staging is not None else {}
+
+    def annotate(result: ImageResult, image: LoadedImage) -> str:
+        assert staging is not None and result.detections is not None
+        name = names[paths[result.index]]
+        png = staging / name
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw_detections(image.pixels, result.detections, min_score).save(png, format="PNG")
+        return name
+
+    results: list[dict[str, Any]] = []
+    failures: list[LoadFailure] = []
+    metas: list[ImageMeta] = []
+    stream = detector.stream(paths, on_result=annotate if staging is not None else None, **pipeline)
+    for r in tqdm(stream, total=len(paths), desc="infer", unit="img", disable=len(paths) < 2 or not progress):
+        path = paths[r.index]
+        if r.error is not None:  # unreadable, or e.g. 20000x1 pixels: no size the spec's resize can make of it
+            failures.append(LoadFailure(str(path), str(r.error)))
+            continue
+        assert r.detections is not None and r.meta is not None
+        metas.append(r.meta)
+        results.extend({**e, "annotated": r.extra, "shrunk_to_fit": r.meta.shrunk}
+                       for e in detections_to_coco(r.detections, r.index + 1, file_name=str(path)))
+    return results, failures, metas
+
+
 def _main(argv: list[str] | None) -> int:
     import json
 
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.min_score <= 1.0:
         raise UsageError(f"--min-score {args.min_score}: scores are between 0 and 1")
+    pipeline = pipeline_options(args)
     existing_ancestor(args.output, "-o")  # fail before any work
     paths = list(dict.fromkeys(find_images(args.inputs)))  # the same file named twice is one image
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")
-    names = annotated_names(paths)
     options, arithmetic = model_options(args)  # a file whose graph quantizes runs in simulated Q/DQ on ort-cpu
     detector = Detector.load(args.model, args.backend, **options)
     apply_oversize(detector, args)
-    results: list[dict[str, Any]] = []
-    failures: list[LoadFailure] = []
-    metas = []
     with staged_folder(args.output, "-o", last=RESULTS) as staging:
-        for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2 or not show_progress(args)), start=1):
-            loaded, failed = load_images([path])
-            try:
-                dets = detector(loaded)[0] if loaded else None
-            except UsageError as exc:  # e.g. 20000x1 pixels: no size the spec's resize can make of it
-                failed = [LoadFailure(str(path), str(exc))]
-            if failed or dets is None:
-                failures.extend(failed)
-                continue
-            annotated = None if args.no_draw else names[path]
-            metas.extend(detector.last_metas)
-            shrunk = detector.last_metas[0].shrunk
-            results.extend({**r, "annotated": annotated, "shrunk_to_fit": shrunk}
-                           for r in detections_to_coco(dets, image_id, file_name=str(path)))
-            if annotated:
-                png = staging / annotated
-                png.parent.mkdir(parents=True, exist_ok=True)
-                draw_detections(loaded[0].pixels, dets, args.min_score).save(png, format="PNG")
+        results, failures, metas = detect_paths(detector, paths, staging=None if args.no_draw else staging,
+                                                min_score=args.min_score, progress=show_progress(args), **pipeline)
         for failure in failures:
             print(_skip_line(failure), file=sys.stderr)
         note = shrunk_line("trt-infer", metas, detector.fixed_input_hw)

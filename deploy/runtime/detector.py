@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,11 @@ from retinanet_trt.runtime.images import ImageInput, LoadedImage
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import Batch, Detections, ImageMeta
+from retinanet_trt.runtime.uint8_input import FLOAT_NCHW, UINT8_NHWC, preprocess_uint8
 from retinanet_trt.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from retinanet_trt.runtime.pipeline import ImageResult, OnResult
 
 BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
@@ -109,8 +113,31 @@ class Detector:
     def fixed_input_hw(self) -> tuple[int, int] | None:
         return getattr(self.backend, "fixed_input_hw", None)
 
+    @property
+    def input_format(self) -> str:
+        """What the backend's network takes: "float32_nchw" (normalised on the host) or
+        "uint8_nhwc" (resized 8-bit pixels plus a valid mask; the graph normalises, runtime/uint8_input.py)."""
+        return getattr(self.backend, "input_format", FLOAT_NCHW)
+
     def prepare(self, images: Sequence[ImageInput]) -> Batch:
+        """Images -> the backend's input batch (thread-safe: the pipeline's workers call it)."""
+        if self.input_format == UINT8_NHWC:
+            return preprocess_uint8(images, self.spec, input_hw=self.fixed_input_hw)
         return preprocess(images, self.spec, input_hw=self.fixed_input_hw)
+
+    def decode(self, outputs: dict[str, np.ndarray], metas: Sequence[ImageMeta], score_threshold: float | None = None,
+               level_times_ms: dict[str, float] | None = None) -> list[Detections]:
+        """Raw backend outputs -> one Detections per meta (thread-safe: touches no state of the Detector)."""
+        if "num_dets" in outputs:  # end-to-end model: decode + NMS ran inside the graph
+            from retinanet_trt.plugins.end2end import detections_from_end2end
+
+            detections = detections_from_end2end(outputs, self.spec, list(metas))
+        else:
+            detections = postprocess(outputs, self.spec, list(metas), level_times_ms=level_times_ms)
+        threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
+        if threshold is not None:
+            detections = [_above(d, threshold) for d in detections]
+        return detections
 
     def detect_batch(self, batch: Batch, score_threshold: float | None = None) -> list[Detections]:
         """Run the backend and the post-process on an already preprocessed batch."""
@@ -118,15 +145,7 @@ class Detector:
         outputs = self.backend.run(batch.images)
         t0 = time.perf_counter()
         level_ms: dict[str, float] = {}
-        if "num_dets" in outputs:  # end-to-end model: decode + NMS ran inside the graph
-            from retinanet_trt.plugins.end2end import detections_from_end2end
-
-            detections = detections_from_end2end(outputs, self.spec, batch.metas)
-        else:
-            detections = postprocess(outputs, self.spec, batch.metas, level_times_ms=level_ms)
-        threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
-        if threshold is not None:
-            detections = [_above(d, threshold) for d in detections]
+        detections = self.decode(outputs, batch.metas, score_threshold, level_ms)
         times = self.backend.last_times
         self.last_times_ms.update(
             h2d=times.h2d_ms, compute=times.compute_ms, d2h=times.d2h_ms,
@@ -134,16 +153,42 @@ class Detector:
         )
         return detections
 
-    @overload
-    def __call__(self, images: Sequence[ImageInput], score_threshold: float | None = None) -> list[Detections]: ...
+    def stream(self, images: Iterable[ImageInput], *, batch_size: int = 1, workers: int | None = None,
+               max_queue_mb: float | None = None, score_threshold: float | None = None,
+               on_result: OnResult | None = None) -> Iterator[ImageResult]:
+        """ImageResults (detections, meta, or the error of an image that could not run) in input
+        order, for any iterable of images read lazily; decode + pre-process of the next batches and
+        post-process of the previous ones run in `workers` host threads while the backend runs
+        (None: one per core; 0: overlap off). At most max_queue_mb of batches are in flight.
+        on_result(result, image) runs in a worker after each image's post-process (e.g. to draw it)."""
+        from retinanet_trt.runtime.pipeline import run_pipeline
+
+        return run_pipeline(self, images, batch_size=batch_size, workers=workers, max_queue_mb=max_queue_mb,
+                            score_threshold=score_threshold, on_result=on_result)
 
     @overload
-    def __call__(self, images: ImageInput, score_threshold: float | None = None) -> Detections: ...
+    def __call__(self, images: Sequence[ImageInput], score_threshold: float | None = None, *,
+                 batch_size: int | None = None, workers: int | None = None) -> list[Detections]: ...
 
-    def __call__(self, images: Any, score_threshold: float | None = None) -> Any:
+    @overload
+    def __call__(self, images: ImageInput, score_threshold: float | None = None, *,
+                 batch_size: int | None = None, workers: int | None = None) -> Detections: ...
+
+    def __call__(self, images: Any, score_threshold: float | None = None, *, batch_size: int | None = None,
+                 workers: int | None = None) -> Any:
         """One image (a path, a PIL image, an (H, W[, C]) array) -> Detections; a list (or an
-        (N, H, W, C) array) -> list[Detections], in input order."""
+        (N, H, W, C) array) -> list[Detections], in input order.
+
+        A list is one batch; with batch_size it runs in batches of that size through the
+        overlapped pipeline (`stream`, `workers` host threads) and raises the first image's error."""
         single = _is_single_image(images)
+        if not single and batch_size is not None:
+            results = list(self.stream(images, batch_size=batch_size, workers=workers, score_threshold=score_threshold))
+            failed = next((r for r in results if r.error is not None), None)
+            if failed is not None:
+                raise failed.error  # type: ignore[misc]
+            self.last_metas = [r.meta for r in results if r.meta is not None]
+            return [r.detections for r in results]
         batch_in: Sequence[ImageInput] = [images] if single else list(images)
         t0 = time.perf_counter()
         batch = self.prepare(batch_in)

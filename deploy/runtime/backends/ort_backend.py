@@ -123,20 +123,48 @@ class OrtBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = inp.shape
         self.fixed_batch = dims[0] if isinstance(dims[0], int) else None
-        self.fixed_input_hw = (dims[2], dims[3]) if all(isinstance(d, int) for d in dims[2:4]) else None
+        # trt-export --input-format uint8: (N, H, W, 4) uint8, normalised in the graph (runtime/uint8_input.py)
+        self.input_format = "uint8_nhwc" if inp.type == "tensor(uint8)" else "float32_nchw"
+        self.input_dtype = np.uint8 if self.input_format == "uint8_nhwc" else np.float32
+        hw_dims = dims[1:3] if self.input_format == "uint8_nhwc" else dims[2:4]
+        self.fixed_input_hw = (hw_dims[0], hw_dims[1]) if all(isinstance(d, int) for d in hw_dims) else None
         self.last_times = StageTimes()
 
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """outputs: a set from host_outputs() for this input shape; ONNX Runtime then writes into it
+        (IO binding) instead of allocating, and it is returned."""
         t0 = time.perf_counter()
         if self.fixed_batch is not None and images.shape[0] != self.fixed_batch:
             if self.fixed_batch != 1:
                 raise UsageError(f"{self.path.name} takes batches of exactly {self.fixed_batch}; got {images.shape[0]}")
             parts = [self.session.run(self.output_names, {self.input_name: images[i : i + 1]}) for i in range(len(images))]
             outs = [np.concatenate(p, axis=0) for p in zip(*parts)]
+        elif outputs is not None:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images, self.input_dtype))
+            for name in self.output_names:
+                out = outputs[name]
+                binding.bind_output(name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+            self.session.run_with_iobinding(binding)
+            outs = [outputs[name] for name in self.output_names]
         else:
-            outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(images, np.float32)})
+            outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(images, self.input_dtype)})
         self.last_times = StageTimes(compute_ms=(time.perf_counter() - t0) * 1e3)
         return dict(zip(self.output_names, outs))
+
+    def host_outputs(self, input_shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """Arrays for every output of one run at input_shape, to pass back to `run` again and again
+        (no allocation per run), or None where the graph's output shapes are not all fixed."""
+        shapes = [o.shape for o in self.session.get_outputs()]
+        if not all(isinstance(d, int) for shape in shapes for d in shape) or (
+                self.fixed_batch is not None and input_shape[0] != self.fixed_batch):
+            return None
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                  "tensor(int32)": np.int32}
+        types = [dtypes.get(o.type) for o in self.session.get_outputs()]
+        if any(t is None for t in types):
+            return None
+        return {name: np.empty(shape, dtype) for name, shape, dtype in zip(self.output_names, shapes, types, strict=True)}
 
     def end_profiling(self) -> str:
         """Stop ORT profiling and return the JSON trace path (per-node times)."""

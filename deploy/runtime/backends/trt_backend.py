@@ -186,7 +186,11 @@ def check_bindings(spec: ModelSpec, image_input: TensorInfo, outputs: Sequence[T
     from retinanet_trt.export.metadata import check_head_outputs
 
     shape = tuple(image_input.shape)
-    if len(shape) != 4 or shape[1] not in (3, -1):
+    if image_input.dtype == np.uint8:  # trt-export --input-format uint8: (N, H, W, 4), normalised in the graph
+        if len(shape) != 4 or shape[3] not in (4, -1):
+            raise UsageError(f"{where}: uint8 input {image_input.name} has shape {list(shape)}; this backend feeds "
+                             "(N, H, W, 4) uint8 images (RGB + valid mask, trt-export --input-format uint8)")
+    elif len(shape) != 4 or shape[1] not in (3, -1):
         raise UsageError(f"{where}: input {image_input.name} has shape {list(shape)}; this backend feeds (N, 3, H, W) images")
     check_head_outputs(spec, {t.name: tuple(t.shape) for t in outputs}, where)
 
@@ -235,6 +239,9 @@ class TrtBackend:
         self._input: TensorInfo = inputs[0]
         self._outputs = [t for t in self._engine.tensors if not t.is_input]
         check_bindings(self.spec, self._input, self._outputs, self.path.name)
+        # (N, 3, H, W) float32 normalised on the host, or (N, H, W, 4) uint8 (runtime/uint8_input.py)
+        self.input_format = "uint8_nhwc" if self._input.dtype == np.uint8 else "float32_nchw"
+        self._channel_axis = 3 if self.input_format == "uint8_nhwc" else 1
         fixed = self._input.shape
         self.ranges: list[ShapeRange] = (
             self._engine.profile_ranges(self._input.name) if -1 in fixed else [(fixed, fixed, fixed)]
@@ -246,6 +253,8 @@ class TrtBackend:
         self._device_buffers: dict[str, cuda_rt.DeviceBuffer] = {}
         self._host_buffers: dict[str, cuda_rt.PinnedBuffer] = {}
         self._growing: dict[str, _GrowingOutput] = {}  # data-dependent outputs
+        self._device_index = device
+        self._pinned_sets: dict[int, cuda_rt.PinnedBuffer] = {}  # host_outputs() arrays by address
         self._allocate()
         if cuda_graph and self._growing:
             raise UsageError(f"{self.path.name} has data-dependent outputs ({', '.join(self._growing)}); "
@@ -259,8 +268,9 @@ class TrtBackend:
     # ------------------------------------------------------------------ set-up
     def _fixed_hw(self) -> tuple[int, int] | None:
         """H, W when every profile pins them (the pre-process then pads to exactly this size)."""
-        sizes = {(lo[2], lo[3]) for lo, _, _ in self.ranges}
-        if len(sizes) == 1 and all(lo[2:] == hi[2:] for lo, _, hi in self.ranges):
+        h = 1 if self.input_format == "uint8_nhwc" else 2
+        sizes = {(lo[h], lo[h + 1]) for lo, _, _ in self.ranges}
+        if len(sizes) == 1 and all(lo[h : h + 2] == hi[h : h + 2] for lo, _, hi in self.ranges):
             return sizes.pop()
         return None
 
@@ -300,13 +310,44 @@ class TrtBackend:
         return self._engine.attach_profiler()
 
     # ------------------------------------------------------------------ inference
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise UsageError(f"expected images (N, 3, H, W), got shape {images.shape}")
+    def bind_thread(self) -> None:
+        """Make this engine's GPU current in the calling thread (the host pipeline runs the
+        backend in a thread of its own; CUDA's current device is per thread)."""
+        from retinanet_trt import cuda_rt
+
+        cuda_rt.set_device(self._device_index)
+
+    def host_outputs(self, input_shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        """Page-locked arrays for every output of one run at input_shape, allocated once: pass them
+        to run(images, outputs=...) and the D2H copies land in them, with no host copy after; the
+        caller owns them until it passes them again (runtime/pipeline.py pools them). None where
+        that does not apply: data-dependent or non-float32 outputs, a shape outside the profiles."""
+        from retinanet_trt import cuda_rt
+
+        shape = tuple(int(d) for d in input_shape)
+        profile = next((i for i, rng in enumerate(self.ranges) if _fits(shape, rng)), None)
+        if profile is None or self._growing or any(o.dtype != np.float32 for o in self._outputs):
+            return None
+        self._select(shape, profile)
+        arrays = {}
+        for out in self._outputs:
+            out_shape = self._out_shapes[out.name]
+            buf = cuda_rt.PinnedBuffer(int(np.prod(out_shape)) * out.dtype.itemsize)
+            arrays[out.name] = buf.view(out.dtype, out_shape)
+            self._pinned_sets[buf.ptr] = buf
+        return arrays
+
+    def run(self, images: np.ndarray, outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """outputs: a set from host_outputs() for this input shape; the results are then those
+        arrays (written by the D2H copies), else fresh arrays."""
+        channels = 4 if self.input_format == "uint8_nhwc" else 3
+        if images.ndim != 4 or images.shape[self._channel_axis] != channels:
+            want = "(N, H, W, 4) uint8" if channels == 4 else "(N, 3, H, W)"
+            raise UsageError(f"expected images {want}, got shape {images.shape}")
         shape = tuple(int(d) for d in images.shape)
         for index, rng in enumerate(self.ranges):
             if _fits(shape, rng):
-                return self._run(images, index)
+                return self._run(images, index, outputs)
         single = (1, *shape[1:])
         fits_one = [i for i, rng in enumerate(self.ranges) if _fits(single, rng)]
         if shape[0] > 1 and fits_one:
@@ -325,11 +366,9 @@ class TrtBackend:
         raise UsageError(f"input {'x'.join(map(str, shape))} is outside the engine's shape ranges ({ranges}); "
                          f"rebuild with trt-build --shapes")
 
-    def _run(self, images: np.ndarray, profile: int) -> dict[str, np.ndarray]:
-        from retinanet_trt import cuda_rt
-
-        stream, (start, after_h2d, after_compute, end) = self._stream, self._events
-        shape = tuple(int(d) for d in images.shape)
+    def _select(self, shape: tuple[int, ...], profile: int) -> None:
+        """Set the optimization profile and the input shape (when they change) and the output shapes."""
+        stream = self._stream
         if profile != self._profile:
             self._engine.set_profile(profile, stream.handle)
             self._profile, self._shape = profile, None
@@ -340,6 +379,21 @@ class TrtBackend:
             self._shape = shape
             if self._graph is not None:
                 self._graph.close()  # a graph replays one fixed shape; capture again on the next run
+
+    def _run(self, images: np.ndarray, profile: int, outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        from retinanet_trt import cuda_rt
+
+        stream, (start, after_h2d, after_compute, end) = self._stream, self._events
+        shape = tuple(int(d) for d in images.shape)
+        self._select(shape, profile)
+        targets: dict[str, cuda_rt.PinnedBuffer] = {}
+        if outputs is not None:  # D2H straight into the caller's page-locked arrays (host_outputs)
+            for out in self._outputs:
+                arr = outputs[out.name]
+                buf = self._pinned_sets.get(arr.ctypes.data)
+                if buf is None or arr.shape != self._out_shapes[out.name] or arr.dtype != out.dtype:
+                    raise UsageError(f"outputs[{out.name!r}] is not an array host_outputs() gave for this input shape")
+                targets[out.name] = buf
 
         t0 = time.perf_counter()
         host_in = self._host_buffers[self._input.name]
@@ -357,7 +411,8 @@ class TrtBackend:
         for out in self._outputs:
             if out.name not in self._growing:
                 nbytes = int(np.prod(self._out_shapes[out.name])) * out.dtype.itemsize
-                cuda_rt.copy_d2h_async(self._host_buffers[out.name], self._device_buffers[out.name], nbytes, stream)
+                host = targets.get(out.name) or self._host_buffers[out.name]
+                cuda_rt.copy_d2h_async(host, self._device_buffers[out.name], nbytes, stream)
         if self._growing:
             # The sizes TensorRT reported are final once the run is done: copy back exactly those.
             stream.synchronize()
@@ -375,6 +430,8 @@ class TrtBackend:
             d2h_ms=end.ms_since(after_compute),
             extra={"host_staging_ms": stage_ms},
         )
+        if outputs is not None:
+            return {out.name: outputs[out.name] for out in self._outputs}
         results = {}
         for out in self._outputs:
             if out.name in self._growing:
@@ -413,6 +470,9 @@ class TrtBackend:
         for growing in self._growing.values():
             growing.close()
         self._growing.clear()
+        for buf in self._pinned_sets.values():
+            buf.close()
+        self._pinned_sets.clear()
         for event in self._events:
             event.close()
         self._stream.close()
