@@ -366,6 +366,18 @@ def _scale_to_original(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
     return boxes * np.array([rw, rh, rw, rh], dtype=np.float32)
 
 
+def _framework_scale(framework: str, original_hw: tuple[int, int]) -> float:
+    """The one factor Detectron (im_scale, 800 / 1333) and yhenon (scale, 608 / 1024) resized with
+    and divide boxes by (facts 4e, 5d): min_size / short, capped by max_size / long (Detectron when
+    round(scale * long) > max_size, yhenon when long * scale > max_size)."""
+    short, long = min(original_hw), max(original_hw)
+    if framework == "detectron":
+        scale = 800.0 / short
+        return 1333.0 / long if np.round(scale * long) > 1333 else scale
+    scale = 608 / short
+    return 1024 / long if long * scale > 1024 else scale
+
+
 def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.ndarray], meta: ImageMeta,
                          num_classes: int) -> RefDetections:
     """One image: cls[l] (A*K, H, W) logits and box[l] (A*4, H, W) deltas for P3..P7."""
@@ -394,7 +406,8 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
             out_s.append(scores[m, c][keep])
             out_l.append(np.full(len(keep), c))
         b_, s_, l_ = (np.concatenate(x) for x in (out_b, out_s, out_l))
-        return RefDetections(_scale_to_original(b_, meta), s_, np.array(COCO_IDS)[l_])
+        b_ = b_ / np.float32(_framework_scale(fw, meta.original_hw))  # coco_eval: boxes /= scale
+        return RefDetections(b_, s_, np.array(COCO_IDS)[l_])
 
     cand_b, cand_s, cand_l = [], [], []
     for lv, c, b, anc in zip(range(3, 8), cls, box, anchors, strict=True):
@@ -412,7 +425,7 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, rw - 1)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, rh - 1)
         elif fw == "detectron":  # divide by the image scale, clip to the original image
-            boxes = _scale_to_original(boxes, meta)
+            boxes = boxes / np.float32(_framework_scale(fw, meta.original_hw))
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.original_hw[1] - 1)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, meta.original_hw[0] - 1)
         cand_b.append(boxes)
