@@ -185,3 +185,18 @@ def test_trt_eval_names_shrunk_images_and_still_scores(tmp_path: Path, capsys: p
                      r"scaled down further", err)
     stats = json.loads(report.read_text())
     assert len(stats["shrunk_to_fit"]) == 6 and stats["num_images"] == 6 and stats["AP50"] >= 0.0
+
+
+def test_the_triton_preprocess_stage_applies_the_same_rule() -> None:
+    from retinanet_trt.runtime.images import load_image
+    from retinanet_trt.serve.stages import Limits, RequestError, preprocess_request
+
+    spec = get_preset("tiny")  # 256 / 320
+    limits = Limits(fixed_input_hw=(256, 320), max_input_hw=(256, 320))
+    fits, tall = load_image(np.zeros((150, 300, 3), np.uint8)), load_image(np.zeros((300, 150, 3), np.uint8))
+    images, meta = preprocess_request([fits, tall], spec, limits)
+    assert images.shape == (2, 3, 256, 320)
+    assert meta.tolist() == [[150, 300, 160, 320, 256, 320], [300, 150, 256, 128, 256, 320]]
+    spec.preprocess.oversize = "refuse"
+    with pytest.raises(RequestError, match="larger than the fixed network input 256x320"):
+        preprocess_request([tall], spec, limits)
