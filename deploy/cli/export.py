@@ -13,6 +13,7 @@ from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
 from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime.preprocess import fixed_input_fit, padded_side
+from retinanet_trt.runtime.uint8_input import INPUT_FORMATS, uint8_refusal
 from retinanet_trt.spec import OVERSIZE_RULES, ModelSpec
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
@@ -66,6 +67,10 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default="float",
+                   help="float: (N, 3, H, W) float32 normalised on the host (default); uint8: (N, H, W, 4) uint8 "
+                        "(RGB + valid mask), normalised in the graph: 3x fewer bytes, no float pass on the host "
+                        "(frameworks that resize the uint8 image only)")
     p.add_argument("--end2end", action="store_true", help="append decode, top-k and NMS: outputs num_dets, boxes, "
                    "scores, labels (docs/end2end.md)")
     p.add_argument("--nms", choices=["onnx", "efficientnms"], help="with --end2end: ONNX NonMaxSuppression "
@@ -200,6 +205,8 @@ def _main(argv: list[str] | None) -> int:
                   {"CHECKPOINT": args.checkpoint, "--spec": args.spec, "--class-names": args.class_names,
                    "--prototxt": args.prototxt})
     spec, model, info = load_model(args)
+    if args.input_format == "uint8" and uint8_refusal(spec.preprocess):
+        raise UsageError(uint8_refusal(spec.preprocess))
     input_hw = tuple(args.input_size) if args.input_size else default_input_hw(spec)
     opts = ExportOptions(input_hw=input_hw, batch=args.batch, dynamic=args.dynamic, opset=args.opset,  # type: ignore[arg-type]
                          simplify=not args.no_simplify, parity_seed=args.seed, info=info)
@@ -215,6 +222,10 @@ def _main(argv: list[str] | None) -> int:
         from retinanet_trt.plugins.end2end import end2end_file
 
         report["end2end"] = end2end_file(args.output, args.output, nms=args.nms or "onnx", check_seed=args.seed)
+    if args.input_format == "uint8":  # last: the checks above feed the float input
+        from retinanet_trt.export.uint8_input import uint8_input_file
+
+        report["uint8_input"] = uint8_input_file(args.output, args.output)
     if not args.dynamic:
         report["resize_fit"] = fixed_input_fit(spec.preprocess, input_hw)
         if not args.quiet:
@@ -226,6 +237,13 @@ def _main(argv: list[str] | None) -> int:
         e2e, check = report["end2end"], report["end2end"]["check"]
         verdict = check.get("note") or f"same {check['detections']} detections as the NumPy post-process (random input)"
         print(f"end-to-end: {e2e['nms']} NMS, {e2e['anchors']} anchors, up to {e2e['max_detections']} detections; {verdict}")
+    if args.input_format == "uint8":
+        check = report["uint8_input"]["network_input_check"]
+        outputs = report["uint8_input"].get("outputs_check", {})
+        print(f"uint8 input: (N, H, W, 4) uint8, normalised in the graph; network input vs the host pre-process on "
+              f"{check['images']} images: max_abs {check['max_abs']:.3g}{' (bit-exact)' if check['bit_exact'] else ''}"
+              + ("; outputs identical to the float input's" if outputs.get("identical") else
+                 f"; outputs max_abs {max(outputs.get('max_abs', {0: 0.0}).values()):.3g}" if outputs else ""))
     return 0
 
 

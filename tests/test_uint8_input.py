@@ -1,0 +1,112 @@
+"""trt-export --input-format uint8: the graph normalises (N, H, W, 4) uint8 into exactly the host
+pre-process's network input, the detections equal the float input's, and frameworks that
+normalise before resizing are refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinanet_trt.cli import export as export_cli
+from retinanet_trt.cli import infer as infer_cli
+from retinanet_trt.errors import UsageError
+from retinanet_trt.export.uint8_input import check_photos, normalize_model, uint8_input_file
+from retinanet_trt.presets import get_preset
+from retinanet_trt.runtime.backends.ort_backend import cpu_session
+from retinanet_trt.runtime.detector import Detector
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.uint8_input import preprocess_uint8, uint8_refusal
+from retinanet_trt.spec import ModelSpec
+
+
+@pytest.fixture(scope="module")
+def demo_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo model exported at a fixed 256x320 with the float input and with the uint8 input."""
+    from retinanet_trt.demo import load_demo
+    from retinanet_trt.export.pipeline import ExportOptions, export_onnx
+
+    spec, model = load_demo()
+    out = tmp_path_factory.mktemp("u8")
+    export_onnx(model, spec, out / "float.onnx", ExportOptions(input_hw=(256, 320)))
+    report = uint8_input_file(out / "float.onnx", out / "uint8.onnx")
+    assert report["passed"] and report["network_input_check"]["bit_exact"] and report["outputs_check"]["identical"]
+    return out / "float.onnx", out / "uint8.onnx"
+
+
+def _spec(name: str, **pre: object) -> ModelSpec:
+    spec = get_preset(name)
+    for k, v in pre.items():
+        setattr(spec.preprocess, k, v)
+    return spec
+
+
+@pytest.mark.parametrize("spec", [
+    _spec("tiny"),  # RGB, /255, ImageNet mean/std, Pillow
+    _spec("retinanet_r50_fpn"),  # BGR, 0..255, Caffe means, Pillow
+    _spec("tiny", resize_impl="cv2_uint8", channel_order="BGR", resize="fixed", fixed_size=[96, 128]),  # MindSpore-like
+    _spec("r50_fpn1024_1class"),  # maskrcnn-benchmark rounding
+], ids=["tiny", "r50", "cv2_uint8", "mrcnn"])
+@pytest.mark.parametrize("input_hw", [None, (160, 224)], ids=["dynamic", "fixed"])
+def test_the_graph_normalises_to_the_host_network_input_bit_for_bit(spec: ModelSpec, input_hw) -> None:  # type: ignore[no-untyped-def]
+    prefix = cpu_session(normalize_model(spec))
+    rng = np.random.default_rng(0)
+    photos = [p[::3, ::3] for p in check_photos()[:3]] + [check_photos()[3], rng.integers(0, 256, (70, 90, 3), np.uint8)]
+    for photo in photos:
+        ref = preprocess([photo], spec, input_hw)
+        u8 = preprocess_uint8([photo], spec, input_hw)
+        assert u8.images.dtype == np.uint8 and u8.images.shape == (1, *ref.images.shape[2:], 4)
+        assert u8.metas == ref.metas  # same sizes, same `shrunk`
+        got = prefix.run(["normalized"], {"images": u8.images})[0]
+        np.testing.assert_array_equal(got, ref.images)
+    # a batch of different sizes pads each image the same way; a reused buffer is cleared
+    batch = [photos[0], photos[4]]
+    ref = preprocess(batch, spec, input_hw).images
+    dirty = np.full(preprocess_uint8(batch, spec, input_hw).images.shape, 200, np.uint8)
+    got = prefix.run(["normalized"], {"images": preprocess_uint8(batch, spec, input_hw, out=dirty).images})[0]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_uint8_model_gives_the_float_models_detections_and_takes_a_third_of_the_bytes(demo_pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from retinanet_trt.demo.synthetic import iter_samples
+
+    fl, u8 = (Detector.load(p, "ort-cpu") for p in demo_pair)
+    assert (fl.input_format, u8.input_format) == ("float32_nchw", "uint8_nhwc")
+    assert u8.fixed_input_hw == fl.fixed_input_hw == (256, 320)
+    images = [s.image for s in iter_samples(6, 4, split="val")] + [np.asarray(Image.fromarray(
+        next(iter_samples(1, 9, split="val")).image).resize((300, 500)))]  # portrait: shrunk to fit
+    a, b = fl(images), u8(images)
+    assert sum(len(d) for d in a) > 6
+    for x, y in zip(a, b, strict=True):
+        assert x.boxes.tobytes() == y.boxes.tobytes() and x.scores.tobytes() == y.scores.tobytes()
+        assert x.labels.tolist() == y.labels.tolist()
+    assert u8.last_metas[-1].shrunk
+    assert fl.prepare(images[:1]).images.nbytes == 3 * u8.prepare(images[:1]).images.nbytes
+    # trt-infer on both, through the overlapped pipeline: the same detections.json
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    got = []
+    for model in demo_pair:
+        out = tmp_path / model.stem
+        assert infer_cli.main([str(model), str(folder), "-o", str(out), "--no-draw", "--workers", "2"]) == 0
+        got.append(json.loads((out / "detections.json").read_text()))
+    assert got[0] == got[1] and got[0]
+
+
+def test_frameworks_that_normalise_before_resizing_are_refused_in_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    for impl in ("torch_bilinear_float", "skimage_float", "cv2_float"):
+        reason = uint8_refusal(_spec("tiny", resize_impl=impl).preprocess)
+        assert reason and impl in reason and "normalises before it resizes" in reason and "\n" not in reason
+        with pytest.raises(UsageError, match="does not apply"):
+            preprocess_uint8([np.zeros((40, 40, 3), np.uint8)], _spec("tiny", resize_impl=impl))
+    for impl in ("pillow_uint8", "cv2_uint8"):
+        assert uint8_refusal(_spec("tiny", resize_impl=impl).preprocess) is None
+    code = export_cli.main(["--preset", "tiny", "--random-init", "--set", "preprocess.resize_impl=skimage_float",
+                            "--input-format", "uint8", "-o", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "skimage_float" in err[0] and not (tmp_path / "x.onnx").exists()
