@@ -1,15 +1,25 @@
-"""INT8 as explicit quantization: Q/DQ nodes with TensorRT's conventions, made by ONNX Runtime.
+"""INT8 as explicit quantization: Q/DQ nodes placed by TensorRT's rules, ranges from ONNX Runtime's calibrators.
 
-Why ONNX Runtime's quantizer and not NVIDIA Model Optimizer: `nvidia-modelopt[onnx]` installs
+Placement (calib/placement.py) follows TensorRT's Q/DQ layer-placement recommendations: the
+activation input and the weight of every quantized Conv, the skip input of a residual Add, the
+input of a MaxPool / nearest Resize whose output is quantized, and nothing else (no Q/DQ between a
+Conv and the ReLU or Add it fuses with, none on the graph outputs). ONNX Runtime's quantize_static
+places Q/DQ its own way (around every ReLU and Add, on conv outputs); it stays available as
+placement "ort" for comparison. Scales use ONNX Runtime's arithmetic either way: symmetric int8
+(zero point 0), activations per tensor (max|range| / 127), weights per output channel (axis 0),
+biases float (TensorRT rejects an int32 DequantizeLinear on a bias).
+
+Why ONNX Runtime's calibrators and not NVIDIA Model Optimizer: `nvidia-modelopt[onnx]` installs
 onnxruntime-gpu beside onnxruntime (both own the `onnxruntime` module) and pins an older onnx, so
-one install would not leave one working onnxruntime (docs/precision.md). ORT's QDQ output is
-TensorRT-compatible with: QInt8 activations and weights, both symmetric (zero point 0),
-per-channel weights (axis 0), reduce_range off, and biases left in float (TensorRT rejects an
-int32 DequantizeLinear on a bias).
+one install would not leave one working onnxruntime (docs/precision.md). ModelOpt is the reference
+placement is checked against (benchmarks/modelopt_compare.py), in its own environment.
 
 Two steps, so calibration can be cached and reused for any set of quantized nodes:
 `calibrate` runs the FP32 model over the calibration inputs and returns activation ranges for
 every tensor; `quantize` writes a Q/DQ model from those ranges and a node exclusion list.
+Ranges do not depend on how the inputs are batched or ordered: max ranges are a max over all
+inputs, and the histogram methods (entropy, percentile) build one histogram per tensor over all
+inputs, with edges fixed by a first min/max pass, before choosing a threshold.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from tqdm import tqdm
 
+from retinanet_trt.calib import placement
 from retinanet_trt.errors import UsageError
 
 METHODS: dict[str, CalibrationMethod] = {
@@ -45,14 +56,17 @@ METHODS: dict[str, CalibrationMethod] = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-# Histogram settings are part of the method (and of the cache key). ORT's defaults, written out.
+# Histogram settings are part of the method (and of the cache key). Entropy: TensorRT's entropy
+# calibrator's 2048 bins and 128 quantized bins (ORT's default of 128 bins leaves one candidate
+# threshold, the max, once the histogram covers all inputs at once); percentile: ORT's defaults.
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "minmax": {},
-    "entropy": {"num_bins": 128, "num_quantized_bins": 128},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
     "percentile": {"num_bins": 2048, "percentile": 99.999},
 }
 # NVIDIA's tools call min/max calibration "max" (ModelOpt, TAO); accept their name too.
 METHOD_ALIASES = {"max": "minmax"}
+PLACEMENTS = ("tensorrt", "ort")
 CHUNK = 2  # images per collect step: ORT keeps every tensor of a step in memory (R50: ~0.4 GB/image)
 
 
@@ -63,6 +77,7 @@ class QuantizeConfig:
     method: str = "minmax"
     exclude: list[str] = field(default_factory=list)
     nodes_to_quantize: list[str] | None = None  # None: every supported node not excluded
+    placement: str = "tensorrt"  # or "ort": ONNX Runtime quantize_static's own placement (comparison only)
 
 
 def canonical_method(method: str) -> str:
@@ -135,30 +150,137 @@ def require_calibration_cache_api() -> None:
 def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress: bool = True) -> dict[str, Any]:
     """Activation ranges of every quantizable tensor over `inputs`, as ORT's TensorsData dict (JSON-able).
 
+    The same inputs in any order or batching give the same ranges: max ranges are ORT's MinMax
+    calibrator (a min and a max over all inputs); entropy and percentile take one histogram per
+    tensor over all inputs (histogram_ranges), where ORT's HistogramCalibrater would re-bin per
+    collect step and so depend on both.
+
     ORT's create_calibrator writes `<stem>-inferred.onnx` beside the model it is given, then deletes
     it: that would clobber a user's file of that name, fail in a read-only folder and race with a
     second run on the same model. So it is given a private copy in a temporary folder.
     """
     params = method_params(method)
     require_calibration_cache_api()
-    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="retinanet_trt.calib.") as tmp:
         model = _private_copy(Path(model_path), Path(tmp))
         input_name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+        histogram = method != "minmax"
         calibrator = create_calibrator(
             model, _op_types(), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=METHODS[method], extra_options={"symmetric": True, **params},
+            calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": not histogram},
         )
-        bar = tqdm(total=len(inputs), desc=f"calibrating ({method})", unit="run", disable=not progress, leave=False)
+        label = f"calibrating ({method}{', pass 1 of 2: min/max' if histogram else ''})"
+        bar = tqdm(total=len(inputs), desc=label, unit="run", disable=not progress, leave=False)
         for chunk in _same_shape_chunks(inputs, CHUNK):
             calibrator.collect_data(_Reader(input_name, chunk))
             bar.update(len(chunk))
         bar.close()
         ranges = calibrator.compute_data()
+        del calibrator
+        if histogram:
+            bounds = {name: (float(np.asarray(td.range_value[0]).min()), float(np.asarray(td.range_value[1]).max()))
+                      for name, td in ranges.items()}
+            thresholds = histogram_ranges(model, Path(tmp) / "histogram.onnx", inputs, bounds, method, params, progress)
+            ranges = TensorsData(METHODS[method], {
+                k: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
+                for k, (lo, hi) in thresholds.items()})
         path = Path(tmp) / "ranges.json"
         save_tensors_data(ranges, path)
         return json.loads(path.read_text())
+
+
+def histogram_ranges(model: Path, augmented: Path, inputs: list[np.ndarray], bounds: dict[str, tuple[float, float]],
+                     method: str, params: dict[str, Any], progress: bool = True) -> dict[str, tuple[float, float]]:
+    """Entropy or percentile (lowest, highest) per tensor from one histogram over all `inputs`.
+
+    bounds: each tensor's (min, max) over all inputs (the first pass). Edges are fixed from them
+    (entropy: num_bins over [-a, a] of the values, a = max |bound|; percentile: num_bins over [0, a]
+    of the absolute values, as ORT's symmetric percentile), and counts are summed over the inputs
+    one at a time, so neither order nor batching changes a count. The threshold is then chosen
+    as ORT's HistogramCollector chooses it (entropy_threshold, percentile_threshold)."""
+    calibrator = create_calibrator(model, _op_types(), augmented_model_path=str(augmented),
+                                   calibrate_method=METHODS[method], extra_options={"symmetric": True, **params})
+    session = calibrator.infer_session
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    wanted = [n for n in names if n in calibrator.tensors_to_calibrate and n in bounds]
+    bins = int(params["num_bins"])
+    absmax = {n: np.float32(max(abs(bounds[n][0]), abs(bounds[n][1]))) for n in wanted}
+    counts = {n: np.zeros(bins, np.int64) for n in wanted}
+    bar = tqdm(total=len(inputs), desc=f"calibrating ({method}, pass 2 of 2: histograms)", unit="run",
+               disable=not progress, leave=False)
+    for x in inputs:
+        values = dict(zip(names, session.run(None, {input_name: x}), strict=True))
+        for n in wanted:
+            a = absmax[n]
+            data = values[n].ravel()
+            if method == "percentile":
+                counts[n] += np.histogram(np.abs(data), bins, range=(np.float32(0), a))[0]
+            else:
+                counts[n] += np.histogram(data, bins, range=(-a, a))[0]
+        bar.update(1)
+    bar.close()
+    result: dict[str, tuple[float, float]] = {}
+    for n in wanted:
+        a = absmax[n]
+        lo, hi = np.float32(bounds[n][0]), np.float32(bounds[n][1])
+        if method == "percentile":
+            edges = np.histogram_bin_edges(np.zeros(0, np.float32), bins, range=(np.float32(0), a))
+            result[n] = percentile_threshold(counts[n], edges, float(params["percentile"]), lo, hi)
+        else:
+            edges = np.histogram_bin_edges(np.zeros(0, np.float32), bins, range=(-a, a))
+            result[n] = entropy_threshold(counts[n], edges, int(params["num_quantized_bins"]), lo, hi)
+    return result
+
+
+def percentile_threshold(hist: np.ndarray, edges: np.ndarray, percentile: float, lo: float, hi: float
+                         ) -> tuple[float, float]:
+    """ORT's symmetric percentile choice on a histogram of |x|: the edge where the CDF reaches
+    `percentile`, clipped to the observed [lo, hi] (HistogramCollector.compute_percentile)."""
+    total = hist.sum()
+    if total == 0:
+        return float(lo), float(hi)
+    idx = int(np.searchsorted(np.cumsum(hist / total), percentile / 100.0))
+    t = float(edges[min(idx, len(edges) - 1)])
+    return max(-t, float(lo)), min(t, float(hi))
+
+
+def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quantized_bins: int, lo: float, hi: float
+                      ) -> tuple[float, float]:
+    """ORT's KL-divergence threshold (HistogramCollector.get_entropy_threshold) with its inner loops
+    written in NumPy: the same candidates, the same integer-truncated expansion of q, the same
+    smoothing and divergence, so the same choice (checked against ORT's own in the tests)."""
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    num_bins = hist.size
+    zero = num_bins // 2
+    half = num_quantized_bins // 2
+    cum = np.concatenate([[0], np.cumsum(hist)])
+    candidates: list[tuple[float, float]] = []
+    divergences: list[float] = []
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, num_bins)
+        sliced = hist[start:end]
+        p = sliced.astype(np.int64).copy()
+        p[0] += cum[start]
+        p[-1] += cum[-1] - cum[end]
+        nonzero = (p != 0).astype(np.int64)
+        merged = sliced.size // num_quantized_bins
+        body = num_quantized_bins * merged
+        quantized = sliced[:body].reshape(num_quantized_bins, merged).sum(axis=1)
+        quantized[-1] += sliced[body:].sum()
+        norm = nonzero[:body].reshape(num_quantized_bins, merged).sum(axis=1)
+        q = np.zeros(sliced.size, np.int64)
+        per_bin = np.where(norm != 0, quantized / np.maximum(norm, 1), 0.0)  # ORT assigns into int64: truncated
+        q[:body] = np.repeat(per_bin.astype(np.int64), merged)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        divergences.append(np.inf if ps is None or qs is None else float(np.asarray(entropy(ps, qs), np.float32)))
+        candidates.append((float(edges[start]), float(edges[end])))
+    best = candidates[int(np.argmin(np.asarray(divergences)))]  # the first minimum, as ORT
+    return max(best[0], float(lo)), min(best[1], float(hi))
 
 
 def _private_copy(model_path: Path, folder: Path) -> Path:
@@ -173,11 +295,26 @@ def _private_copy(model_path: Path, folder: Path) -> Path:
     return copy
 
 
+def quantized_nodes(model: onnx.ModelProto, config: QuantizeConfig) -> set[str]:
+    """Names of the nodes that run in INT8: config.nodes_to_quantize (every node when None) less config.exclude."""
+    chosen = {n.name for n in model.graph.node} if config.nodes_to_quantize is None else set(config.nodes_to_quantize)
+    return chosen - set(config.exclude)
+
+
 def quantize(model_path: Path, out_path: Path, ranges: dict[str, Any], config: QuantizeConfig) -> onnx.ModelProto:
-    """Write a Q/DQ INT8 model of `model_path` to `out_path` from cached `ranges`; return it."""
+    """Write a Q/DQ INT8 model of `model_path` to `out_path` from cached `ranges`; return it.
+
+    config.placement 'tensorrt' (the default): Q/DQ where TensorRT's placement rules put them
+    (calib/placement.py); 'ort': where ONNX Runtime's quantize_static puts them."""
     method_params(config.method)
-    require_calibration_cache_api()
+    if config.placement not in PLACEMENTS:
+        raise UsageError(f"placement {config.placement!r}: choose one of {', '.join(PLACEMENTS)}")
     model = onnx.load(str(model_path))
+    if config.placement == "tensorrt":
+        converted = placement.insert_qdq(model, placement.plan_tensorrt(model, quantized_nodes(model, config)), ranges)
+        onnx.save(converted, str(out_path))
+        return converted
+    require_calibration_cache_api()
     kept_fp32 = set(config.exclude)
     if config.nodes_to_quantize is not None:
         chosen = set(config.nodes_to_quantize)
@@ -204,8 +341,7 @@ def quantize(model_path: Path, out_path: Path, ranges: dict[str, Any], config: Q
                     "ActivationSymmetric": True,
                     "WeightSymmetric": True,
                     "QuantizeBias": False,
-                    # Keep Relu between Q/DQ pairs: TensorRT fuses it itself, and removing it is
-                    # only exact for asymmetric ranges.
+                    # ORT drops a Relu between Q/DQ only for asymmetric ranges; explicit, changes nothing here.
                     "QDQKeepRemovableActivations": True,
                 },
             )
