@@ -14,6 +14,7 @@ EXAMPLES = """\
   trt-bench m.onnx --compare torch,ort-cpu --threads 2          # torch weights from the --random-init seed
   trt-bench m.onnx --compare torch,ort-cpu --torch-checkpoint model_final.pth --images photos/
   trt-bench model.fp16.engine --backend trt --iterations 200
+  trt-bench m.onnx --simulate-device 2 5 10 --images photos/ --json pipeline.json   # SIMULATED GPU: host pipeline
 """
 
 
@@ -35,6 +36,13 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
     p.add_argument("--device", type=int, help="GPU index for trt, ort-cuda and ort-trt (default 0)")
     p.add_argument("--cuda-graph", action="store_true", help="trt: replay a CUDA graph per input shape")
+    p.add_argument("--simulate-device", type=float, nargs="+", metavar="MS",
+                   help="time trt-infer's host pipeline (overlap off and on) against a SIMULATED device taking MS ms "
+                        "per batch and returning outputs recorded from one real run (a fixed-size model; host "
+                        "timing only, never accuracy); --iterations: passes per configuration")
+    p.add_argument("--workers", type=int, help="with --simulate-device: host threads with overlap on (default: one per core)")
+    p.add_argument("--uint8-model", help="with --simulate-device: the same model exported with --input-format uint8, "
+                   "measured beside it")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--plot", help="write a PNG bar chart here")
     return p
@@ -44,6 +52,10 @@ def _main(argv: list[str] | None) -> int:
     from retinanet_trt.bench import PROTOCOL_MIN_ITERATIONS, BenchOptions, format_report, plot_report, run_bench
 
     args = build_parser().parse_args(argv)
+    if args.simulate_device is not None:
+        return _simulate(args)
+    if args.workers is not None or args.uint8_model:
+        raise UsageError("--workers and --uint8-model go with --simulate-device")
     if args.compare is not None:
         backends = [b.strip() for b in args.compare.split(",") if b.strip()]
         if not backends:
@@ -74,6 +86,24 @@ def _main(argv: list[str] | None) -> int:
     if args.plot:
         plot_report(report, args.plot)
         print(f"PNG -> {args.plot}")
+    return 0
+
+
+def _simulate(args) -> int:  # type: ignore[no-untyped-def]
+    from retinanet_trt.bench.host_pipeline import HostPipelineOptions, format_host_pipeline, run_host_pipeline
+
+    if args.compare or args.plot or args.cuda_graph or args.torch_checkpoint:
+        raise UsageError("--simulate-device measures one model's host pipeline; drop --compare/--plot/--cuda-graph/"
+                         "--torch-checkpoint")
+    check_outputs({"--json": args.json}, {"MODEL": args.model, "--uint8-model": args.uint8_model})
+    opts = HostPipelineOptions(device_ms=args.simulate_device, images=args.images, rounds=args.iterations,
+                               warmup=args.warmup, workers=args.workers, batch=args.batch, uint8_model=args.uint8_model)
+    report = run_host_pipeline(args.model, opts, backend=args.backend,
+                               log=lambda msg: print(f"trt-bench: {msg}", file=sys.stderr))
+    print(format_host_pipeline(report))
+    if args.json:
+        write_json_atomic(args.json, report)
+        print(f"JSON -> {args.json}")
     return 0
 
 
