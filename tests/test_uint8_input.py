@@ -110,3 +110,59 @@ def test_frameworks_that_normalise_before_resizing_are_refused_in_one_line(tmp_p
                             "--input-format", "uint8", "-o", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "skimage_float" in err[0] and not (tmp_path / "x.onnx").exists()
+
+
+def test_a_uint8_engine_runs_through_the_tensorrt_backend_with_pooled_page_locked_outputs(  # type: ignore[no-untyped-def]
+        demo_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TensorRT here: test_trt_engine_without_sidecar's fake engine (ONNX Runtime behind the
+    TensorRT and cuda_rt calls), taught a uint8 input. The TensorRT backend reads the (N, H, W, 4)
+    uint8 binding, pads to its fixed size, and the pipeline's pooled host_outputs() sets receive
+    the D2H copies: detections equal the float model's in ONNX Runtime."""
+    import sys
+    import types
+
+    import test_trt_engine_without_sidecar as fake
+    import test_trt_output_allocator as fakes
+
+    from retinanet_trt import cuda_rt, trt_engine
+    from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+
+    class Uint8Engine(fake.OrtEngine):
+        def get_tensor_dtype(self, name: str):  # type: ignore[no-untyped-def]
+            return types.SimpleNamespace(name="UINT8" if name == self.io[0][0] else "FLOAT")
+
+        def create_execution_context(self):  # type: ignore[no-untyped-def]
+            return Uint8Context(self)
+
+    class Uint8Context(fake.OrtContext):
+        def execute_async_v3(self, stream: int) -> bool:
+            name, _, shape = self.engine.io[0]
+            images = np.frombuffer(fakes.MEMORY[self.addresses[name]], np.uint8, count=int(np.prod(shape))).reshape(shape)
+            for out, value in zip(self.engine.session.get_outputs(), self.engine.session.run(None, {name: images.copy()})):
+                fakes._write(self.addresses[out.name], np.ascontiguousarray(value, np.float32))
+            return True
+
+    fakes.MEMORY.clear()
+    for name, value in {
+        "set_device": lambda device: None, "device_info": lambda device: {"name": "Fake GPU"},
+        "Stream": fakes._Stream, "Event": fakes._Event, "DeviceBuffer": fakes._Buffer, "PinnedBuffer": fakes._Buffer,
+        "copy_h2d_async": fakes._copy("h2d"), "copy_d2h_async": fakes._copy("d2h"),
+    }.items():
+        monkeypatch.setattr(cuda_rt, name, value)
+    monkeypatch.setattr(trt_engine, "available", lambda: (True, "TensorRT (fake) on Fake GPU"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fakes._fake_tensorrt(Uint8Engine(demo_pair[1])))  # type: ignore[arg-type]
+    engine = demo_pair[1].with_suffix(".engine")
+    engine.write_bytes(b"plan")
+    backend = TrtBackend(engine, onnx=demo_pair[1])
+    assert (backend.input_format, backend.fixed_input_hw) == ("uint8_nhwc", (256, 320))
+    from retinanet_trt.demo.synthetic import iter_samples
+
+    images = [s.image for s in iter_samples(5, 2, split="val")]
+    trt, ort = Detector(backend), Detector.load(demo_pair[0], "ort-cpu")
+    got = list(trt.stream(images, workers=2))
+    assert backend._pinned_sets  # the pool's page-locked sets took the D2H copies
+    want = ort(images)
+    assert [r.detections.scores.tobytes() for r in got] == [d.scores.tobytes() for d in want]
+    assert sum(len(d) for d in want) > 5
+    with pytest.raises(UsageError, match=r"\(N, H, W, 4\) uint8"):
+        backend.run(np.zeros((1, 3, 256, 320), np.float32))

@@ -189,9 +189,9 @@ def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None
                 det = sims[kind, ms]
                 stamps: list[float] = []
                 _timed_stream(det, stamps)
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 results, failures, _ = detect_paths(det, cycle, batch_size=opts.batch, workers=w)
-                wall = time.perf_counter() - t0
+                wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
                 del det.stream  # back to the class's method
                 if failures:
                     raise UsageError(f"{failures[0].source}: {failures[0].error}")
@@ -200,7 +200,8 @@ def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None
                 k = max(1, plan_depth(det, w, opts.batch, None) * opts.batch) if w else 1
                 k = min(k, (len(stamps) - 1) // 3)
                 steady = (len(stamps) - 1 - 2 * k) / (stamps[-1 - k] - stamps[k]) if len(stamps) > 2 * k + 1 else len(cycle) / wall
-                rates[kind, ms, w].append({"steady": steady, "pass": len(cycle) / wall})
+                rates[kind, ms, w].append({"steady": steady, "pass": len(cycle) / wall, "cores_used": cpu / wall,
+                                           "load": os.getloadavg()[0]})
     cores = machine_cores()
     rows = []
     for kind, ms, w in configs:
@@ -212,6 +213,8 @@ def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None
         row = {
             "device": f"simulated {ms:g} ms", "device_ms": ms, "input": kind, "overlap": "on" if w else "off",
             "workers": w, "images_per_s": steady, "images_per_s_whole_pass": summarize([s["pass"] for s in samples]),
+            "cores_used": summarize([s["cores_used"] for s in samples])["median"],
+            "loadavg_1min": summarize([s["load"] for s in samples])["median"],
             "bound_images_per_s": min(device_bound, host_bound), "device_bound": device_bound, "host_bound": host_bound,
         }
         row["fraction_of_bound"] = steady["median"] / row["bound_images_per_s"]
@@ -240,6 +243,8 @@ def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None
                     "whole pass beside it; median/p90/p99 over the rounds",
             "bound": "min(1000 * batch / MS, cores * 1000 / the single-thread host ms per image of the steps)",
             "order": "configurations interleaved within every round",
+            "cores_used": "process CPU seconds / wall seconds during a pass (this process's threads together); "
+                          "loadavg_1min: the machine's load then (other processes share the cores)",
         },
         "host_steps": steps,
         "preprocess_ms": {**pre, **({"float_over_uint8": pre["float"] / pre["uint8"]} if "uint8" in pre else {})},
@@ -276,7 +281,8 @@ def format_host_pipeline(report: dict[str, Any]) -> str:
     lines.append("trt-infer images/s with the SIMULATED device (median over rounds; bound = min(1000/MS, host)):")
     rows = [[r["device"], r["input"], r["overlap"], r["workers"], r["images_per_s"]["median"],
              r["images_per_s"]["p90"], r["bound_images_per_s"], f"{100 * r['fraction_of_bound']:.0f}%",
-             f"{r.get('speedup_vs_overlap_off', 1.0):.2f}x"] for r in report["throughput"]]
+             f"{r.get('speedup_vs_overlap_off', 1.0):.2f}x", r["cores_used"], r["loadavg_1min"]]
+            for r in report["throughput"]]
     lines.append(format_table(["device (SIMULATED)", "input", "overlap", "workers", "img/s", "p90", "bound",
-                               "of bound", "vs off"], rows))
+                               "of bound", "vs off", "cores used", "load"], rows))
     return "\n".join(lines)

@@ -334,7 +334,7 @@ class TrtBackend:
             out_shape = self._out_shapes[out.name]
             buf = cuda_rt.PinnedBuffer(int(np.prod(out_shape)) * out.dtype.itemsize)
             arrays[out.name] = buf.view(out.dtype, out_shape)
-            self._pinned_sets[buf.ptr] = buf
+            self._pinned_sets[arrays[out.name].ctypes.data] = buf  # the array's address (buf.ptr on a GPU)
         return arrays
 
     def run(self, images: np.ndarray, outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
