@@ -71,6 +71,12 @@ class FPNSpec:
     p6_from: str = "c5"  # "c5" or "p5"
     levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
     bias: bool = True  # MindSpore's nn.Conv2d has no bias (has_bias=False)
+    # "deconv" only: the ConvTranspose's groups. 0 = one per channel (a per-channel filler); 1 = a
+    # full C x C kernel (a Caffe Deconvolution without `group`: each output sums every input channel).
+    deconv_groups: int = 0
+    # True: the head reads relu(P6), as a Caffe port computes whose in-place ReLU on P6 (for P7) runs
+    # before the head's P6 layers; maskrcnn-benchmark and torchvision feed the head P6 unactivated.
+    head_reads_relu_p6: bool = False
 
 
 @dataclass
@@ -269,6 +275,9 @@ class ModelSpec:
             problems.append(f"fpn.upsample={f.upsample!r} (use {', '.join(FPN_UPSAMPLES)})")
         if f.p6_from not in ("c5", "p5"):
             problems.append(f"fpn.p6_from={f.p6_from!r} (use 'c5' or 'p5')")
+        if f.deconv_groups < 0 or (f.deconv_groups and f.out_channels % f.deconv_groups):
+            problems.append(f"fpn.deconv_groups={f.deconv_groups} must be 0 (one per channel) or divide "
+                            f"fpn.out_channels={f.out_channels}")
         if not f.levels or f.levels != list(range(3, 3 + len(f.levels))) or max(f.levels) > 7:
             problems.append(f"fpn.levels={f.levels} must be consecutive from 3, at most 7 (e.g. [3,4,5,6,7])")
         if f.out_channels <= 0 or h.channels <= 0 or h.num_classes <= 0 or h.num_anchors <= 0:

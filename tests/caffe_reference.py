@@ -1,11 +1,17 @@
 """A NumPy reference of the Caffe layer semantics a RetinaNet port uses (BVLC/caffe src/caffe/layers,
-from ../shared/facts/mindspore-caffe.md C), run on the test's own layer list in float64; nothing
-here calls the importer, the model or the export.
+net.cpp, util/insert_splits.cpp, from ../shared/facts/mindspore-caffe.md C), run on the test's own
+layer list in float64; nothing here calls the importer, the model or the export.
 
+- the net runs its layers in order over named blobs: an in-place layer (top = bottom) overwrites its
+  blob, so every later reader sees the new value; the image goes to the Input / DummyData top (a
+  DummyData with the default constant filler keeps what the caller wrote into it);
+- Net's checks: a top already written must be the layer's own bottom, and the blob an in-place layer
+  overwrites may have no other reader (its split would leave the top "produced by multiple sources");
 - Convolution: zero pad, output (in + 2p - k) / s + 1 rounded down, optional bias;
 - Pooling MAX: output rounded up (round_mode CEIL) and, with padding, one fewer when the last
   window would start in the padding; each window clipped to the image, so padding never wins;
-- Deconvolution: output s (in - 1) + k - 2p, grouped, from the stored weights;
+- Deconvolution: output s (in - 1) + k - 2p, grouped (group 1 by default: every input channel feeds
+  every output), from the stored weights;
 - BatchNorm: (x - blob0 / blob2) / sqrt(blob1 / blob2 + eps); Scale: x * blob0 (+ blob1);
 - Eltwise SUM; ReLU.
 """
@@ -66,14 +72,35 @@ def _deconv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, s: int, p: int, 
     return out + (0 if b is None else b.reshape(1, -1, 1, 1))
 
 
+def check_dataflow(layers: list[CaffeLayer]) -> None:
+    """ValueError where Caffe's Net would stop: a top written twice not in place, or an in-place layer
+    on a blob that another layer also reads (InsertSplits renames that layer's bottom, and AppendTop
+    then finds its top "produced by multiple sources")."""
+    written: set[str] = set()
+    readers: dict[str, int] = {}  # blob -> readers of its current value
+    for layer in layers:
+        for b in layer.bottom:
+            readers[b] = readers.get(b, 0) + 1
+        for j, t in enumerate(layer.top):
+            in_place = j < len(layer.bottom) and layer.bottom[j] == t
+            if t in written and not in_place:
+                raise ValueError(f"Top blob '{t}' produced by multiple sources ({layer.name})")
+            if in_place and readers[t] > 1:
+                raise ValueError(f"Top blob '{t}' produced by multiple sources ({layer.name}, in place after a split)")
+            written.add(t)
+            readers[t] = 0
+
+
 def run(layers: list[CaffeLayer], image: np.ndarray) -> dict[str, np.ndarray]:
     """image (N, 3, H, W) -> every blob's final value (in-place layers overwrite), float64."""
-    blobs: dict[str, np.ndarray] = {"data": image.astype(np.float64)}
+    check_dataflow(layers)
+    blobs: dict[str, np.ndarray] = {"data": image.astype(np.float64)}  # a V1 net's `input: "data"`
     for layer in layers:
         params = layer.params
         x = [blobs[b] for b in layer.bottom]
         weights = [b.astype(np.float64) for b in layer.blobs]
-        if layer.type == "Input":
+        if layer.type in ("Input", "DummyData"):
+            blobs[layer.top[0]] = image.astype(np.float64)
             continue
         if layer.type in ("Convolution", "Deconvolution"):
             p = params["convolution_param"]
@@ -104,8 +131,11 @@ def run(layers: list[CaffeLayer], image: np.ndarray) -> dict[str, np.ndarray]:
     return blobs
 
 
-def head_outputs(layers: list[CaffeLayer], image: np.ndarray) -> dict[str, np.ndarray]:
-    """cls_p3..cls_p7 and box_p3..box_p7 as the port's rpn_head_{cls_logits,bbox_pred}_p<level> compute them."""
+def head_outputs(layers: list[CaffeLayer], image: np.ndarray, tops: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Our outputs (cls_p3..cls_p7, box_p3..box_p7) as the port's blobs `tops` hold them after the net has
+    run (default: the blobs rpn_head_{cls_logits,bbox_pred}_p<level>)."""
     blobs = run(layers, image)
-    return {f"{'cls' if head == 'cls_logits' else 'box'}_p{lv}": blobs[f"rpn_head_{head}_p{lv}"]
-            for head in ("cls_logits", "bbox_pred") for lv in range(3, 8)}
+    if tops is None:
+        tops = {f"{'cls' if head == 'cls_logits' else 'box'}_p{lv}": f"rpn_head_{head}_p{lv}"
+                for head in ("cls_logits", "bbox_pred") for lv in range(3, 8)}
+    return {ours: blobs[blob] for ours, blob in tops.items()}

@@ -54,6 +54,8 @@ def test_seed_port_structure_imports_and_exports_like_caffe(tmp_path: Path, caps
     spec = result.spec
     assert (spec.backbone.norm.kind, spec.backbone.stem_pool, spec.backbone.stride_in_1x1) == ("affine", "caffe_ceil", True)
     assert (spec.fpn.upsample, spec.fpn.out_channels, spec.fpn.p6_from, spec.head.shared) == ("deconv", 128, "c5", True)
+    assert (spec.fpn.deconv_groups, spec.fpn.head_reads_relu_p6) == (0, False)  # per-channel, P6 unactivated
+    assert not any("dataflow differs" in note for note in result.notes)
     assert spec.head.num_classes == 1 and spec.postprocess.label_map == [1] and spec.postprocess.nms_iou == 0.4
     blobs = sum(len(layer.blobs) for layer in layers)
     assert f"({blobs} blobs in {sum(1 for la in layers if la.blobs)} layers, all consumed)" in result.notes[0]

@@ -2,16 +2,23 @@
 (blobs), read with protobuf only (importers.caffe_proto), no Caffe installed. TensorRT has had no
 Caffe parser since 10.0, so this is their way to an engine.
 
+The network is what the file computes: blobs are followed from tops to bottoms in the order Caffe
+runs the layers, in-place layers included (importers.caffe_graph), so a port whose dataflow differs
+from maskrcnn-benchmark's (an in-place ReLU on P6 that the head then reads, a group-less upsampling
+Deconvolution) is exported as Caffe computes it, and the import notes say how it differs. The input
+is an Input or DummyData layer, or the net's `input:` with input_shape / input_dim.
+
 Layer names are the maskrcnn-benchmark module names with '.' -> '_' (backbone_body_stem_conv1,
-backbone_body_layer1_0_downsample_0, backbone_fpn_fpn_inner4, backbone_fpn_top_blocks_p6, ...).
-That replacement cannot be undone, so the expected names are generated from the structure and
-looked up; the graph is then walked from the input, and every conv must read what the RetinaNet
-reads. Each conv's norm is whatever BatchNorm / Scale layers follow it (a FrozenBN ported as Scale
-with bias, or BatchNorm + Scale; with the conv's own bias), folded into norm.kind "affine". The
-FPN's top-down path is a Deconvolution (group C, k4 s2 p1, Caffe's bilinear filler) -> fpn.upsample
-"deconv" with the stored weights. The head runs once per level, so each level has its own copy of
-its layers (rpn_head_cls_tower_0 plus any suffix, e.g. rpn_head_cls_tower_0_p4, found along the
-graph from P_l); identical copies are one shared head, differing ones a head per level.
+backbone_body_layer1_0_downsample_0, backbone_fpn_fpn_inner4, backbone_fpn_top_blocks_p6, ...), or an
+alias from the one table in importers/caffe_names.py (the seed's NetSpec port writes
+backbone_fpn_fpn_inner3_lateral, backbone_fpn_topblocks_p6 and rpn_head_cls_tower_p2_0). The '.' ->
+'_' replacement cannot be undone, so the expected names are generated from the structure and looked
+up, and every conv must read what the RetinaNet reads. Each conv's norm is whatever BatchNorm /
+Scale layers follow it (a FrozenBN ported as Scale with bias, or BatchNorm + Scale; with the conv's
+own bias), folded into norm.kind "affine". The FPN's top-down path is a Deconvolution (k4 s2 p1,
+any group, its stored weights) -> fpn.upsample "deconv". The head runs once per level, so each
+level has its own copy of its layers (importers.caffe_fpn); identical copies are one shared head,
+differing ones a head per level.
 
 Read from the prototxt: pads and pooling rounding (stem pool k3 s2 p0/p1 ceil or p1 floor), where
 the stride sits (the 1x1 or the 3x3 conv), P6's input (C5 or P5), channels, classes. Caffe files
@@ -22,6 +29,8 @@ trt-export --spec / --set / --class-names.
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.importers.caffe_graph import Affine, CaffeGraph, Layer, window
+from retinanet_trt.importers.caffe_fpn import FPNFlags, fpn_and_head
+from retinanet_trt.importers.caffe_graph import CaffeGraph, window
 from retinanet_trt.importers.caffe_proto import parse_prototxt, read_caffemodel_blobs
+from retinanet_trt.importers.caffe_walk import Walk
 from retinanet_trt.importers.common import RESNET_DEPTHS, Architecture, ImportResult, group_mapping, to_float_tensor
 from retinanet_trt.spec import ModelSpec, NormSpec
 
@@ -38,7 +49,7 @@ if TYPE_CHECKING:
     import torch
 
 NAME = "caffe"
-SUPPORTED = ("Input", "Convolution", "Deconvolution", "Pooling", "BatchNorm", "Scale", "Eltwise", "ReLU")
+SUPPORTED = ("Input", "DummyData", "Convolution", "Deconvolution", "Pooling", "BatchNorm", "Scale", "Eltwise", "ReLU")
 _STEM_POOLS = {(0, True): "caffe_ceil", (1, True): "caffe_ceil_p1", (1, False): "pytorch"}
 
 
@@ -55,126 +66,7 @@ def find_prototxt(caffemodel: Path, prototxt: Path | None) -> Path:
                      f"--prototxt (looked for {caffemodel.with_suffix('.prototxt').name} and deploy.prototxt beside it)")
 
 
-class _Walk:
-    """Walks one net along the RetinaNet structure, collecting our state dict."""
-
-    def __init__(self, graph: CaffeGraph) -> None:
-        self.g = graph
-        self.sd: dict[str, np.ndarray] = {}
-        self.pairs: list[tuple[str, str]] = []  # (caffe layer/blob, our key)
-
-    def _store(self, key: str, value: np.ndarray, source: str) -> None:
-        self.sd[key] = value
-        self.pairs.append((source, key))
-
-    def _conv_weights(self, node: Layer, kind: str = "Convolution") -> tuple[np.ndarray, np.ndarray | None]:
-        p = node.param
-        want = 2 if p.bias_term else 1
-        if len(node.blobs) != want:
-            raise UsageError(f"layer {node.name!r}: {kind} with bias_term {p.bias_term} needs {want} blobs in the "
-                             f"caffemodel, has {len(node.blobs)}")
-        weight = node.blobs[0]
-        if weight.ndim != 4 or weight.shape[0] != (p.num_output if kind == "Convolution" else weight.shape[0]):
-            raise UsageError(f"layer {node.name!r}: weight blob of shape {list(weight.shape)} for num_output {p.num_output}")
-        return weight, (node.blobs[1].reshape(-1) if p.bias_term else None)
-
-    def conv(self, name: str, bottom: str | None, key: str, stride: int, norm: bool) -> tuple[Layer, str]:
-        """Our conv `key` from Caffe layer `name`: (the layer, its output blob after any norm layers)."""
-        node = self.g.layer(name, "Convolution", bottom)
-        weight, bias = self._conv_weights(node)
-        k, s, pad = window(node.param, name)
-        if node.param.group != 1 or weight.shape[2:] != (k, k) or s != stride or pad != k // 2:
-            raise UsageError(f"layer {name!r}: k{k} s{s} p{pad} group {node.param.group}, expected k{weight.shape[2]} "
-                             f"s{stride} p{weight.shape[2] // 2} group 1 here")
-        self._store(f"{key}.weight", weight, f"{name} blob 0")
-        if norm:
-            out, affine = self.g.norms(node.tops[0], bias, weight.shape[0])
-            self._store_norm(key.rsplit(".", 1)[0] + ".norm", affine, name)
-            return node, out
-        if self.g.consumers[node.tops[0]] and all(c.type in ("BatchNorm", "Scale") for c in self.g.consumers[node.tops[0]]):
-            raise UsageError(f"layer {name!r} is followed by a norm layer; the FPN and head have none")
-        if bias is not None:
-            self._store(f"{key}.bias", bias, f"{name} blob 1")
-        return node, node.tops[0]
-
-    def _store_norm(self, key: str, affine: Affine, conv_name: str) -> None:
-        self.sd[f"{key}.weight"] = affine.scale.astype(np.float32)
-        self.sd[f"{key}.bias"] = affine.shift.astype(np.float32)
-        source = " + ".join(affine.layers) or f"{conv_name} (no norm layer)"
-        self.pairs.append((source, f"{key}.weight"))
-
-    def upsample(self, top: str, level: int, channels: int) -> str:
-        node = self.g.consumer(top, "Deconvolution", f"the top-down upsampling to P{level}")
-        weight, bias = self._conv_weights(node, "Deconvolution")
-        k, s, p = window(node.param, node.name)
-        if (k, s, p, node.param.group, node.param.num_output) != (4, 2, 1, channels, channels) or weight.shape != (
-                channels, 1, 4, 4):
-            raise UsageError(f"layer {node.name!r}: only a per-channel x2 Deconvolution (k4 s2 p1, group = num_output "
-                             f"= {channels}) is supported as FPN upsampling")
-        if bias is not None and np.any(bias != 0):
-            raise UsageError(f"layer {node.name!r}: the upsampling Deconvolution has a non-zero bias")
-        self._store(f"fpn.upsample{level}.weight", weight, f"{node.name} blob 0")
-        return node.tops[0]
-
-
-def _fpn_and_head(w: _Walk, arch: Architecture, c3: str, c4: str, c5: str) -> None:
-    """FPN, P6/P7 and the heads of every level, into w.sd; their sizes and flags into arch."""
-    g = w.g
-    _, inner5 = w.conv("backbone_fpn_fpn_inner4", c5, "fpn.lateral5", 1, False)
-    fpn_ch = w.sd["fpn.lateral5.weight"].shape[0]
-    _, lat4 = w.conv("backbone_fpn_fpn_inner3", c4, "fpn.lateral4", 1, False)
-    inner4 = g.eltwise_sum(lat4, w.upsample(inner5, 4, fpn_ch), "P4's top-down sum")
-    _, lat3 = w.conv("backbone_fpn_fpn_inner2", c3, "fpn.lateral3", 1, False)
-    inner3 = g.eltwise_sum(lat3, w.upsample(inner4, 3, fpn_ch), "P3's top-down sum")
-    levels = [w.conv(f"backbone_fpn_fpn_layer{i}", inner, f"fpn.output{i + 1}", 1, False)[1]
-              for i, inner in ((2, inner3), (3, inner4), (4, inner5))]
-    p6_node = g.by_name.get("backbone_fpn_top_blocks_p6")
-    p6_from = "p5" if p6_node is not None and p6_node.bottoms == [levels[2]] else "c5"
-    _, p6 = w.conv("backbone_fpn_top_blocks_p6", c5 if p6_from == "c5" else levels[2], "fpn.p6", 2, False)
-    _, p7 = w.conv("backbone_fpn_top_blocks_p7", g.relu(p6, "before P7"), "fpn.p7", 2, False)
-    levels += [p6, p7]
-    copies: list[dict[str, np.ndarray]] = []
-    for feature in levels:
-        head = _Walk(g)
-        for tower, pred, ours in (("cls_tower", "cls_logits", "cls"), ("bbox_tower", "bbox_pred", "box")):
-            blob, n = feature, 0
-            while True:
-                node = next((c for c in g.consumers[blob] if c.type == "Convolution"
-                             and _named(c.name, f"rpn_head_{tower}_{2 * n}")), None)
-                if node is None:
-                    break
-                _, out = head.conv(node.name, blob, f"head.{ours}_tower.{n}.conv", 1, False)
-                blob, n = g.relu(out, f"after {node.name}"), n + 1
-            last = next((c for c in g.consumers[blob] if c.type == "Convolution" and _named(c.name, f"rpn_head_{pred}")),
-                        None)
-            if last is None:
-                raise UsageError(f"no rpn_head_{pred} layer reads {g.blob_name([blob])} (the {ours} tower of a level)")
-            head.conv(last.name, blob, f"head.{ours}_pred", 1, False)
-        copies.append(head.sd)
-        w.pairs += head.pairs
-    convs = sum(1 for k in copies[0] if k.startswith("head.cls_tower.") and k.endswith(".weight"))
-    if any(c.keys() != copies[0].keys() for c in copies):
-        raise UsageError("the levels' heads differ in depth or biases")
-    shared = all(np.array_equal(c[k], copies[0][k]) for c in copies[1:] for k in c)
-    for i, c in enumerate(copies[:1] if shared else copies):
-        for k, v in c.items():
-            w.sd[k if shared else k.replace("head.", f"head.{i}.", 1)] = v
-    box, cls = copies[0]["head.box_pred.weight"].shape[0], copies[0]["head.cls_pred.weight"].shape[0]
-    if box != 36 or cls % 9:
-        raise UsageError(f"predictors with {box} box and {cls} class channels are not 9 anchors x 4 and x K")
-    arch.fpn_channels, arch.p6_from, arch.num_convs, arch.head_shared = fpn_ch, p6_from, convs, shared
-    arch.head_channels = copies[0]["head.cls_tower.0.conv.weight"].shape[0] if convs else fpn_ch
-    arch.num_anchors, arch.num_classes = 9, cls // 9
-    arch.fpn_bias = any(k.startswith("fpn.") and k.endswith(".bias") for k in w.sd)
-    arch.head_bias = any(k.endswith(".bias") for k in copies[0])
-
-
-def _named(name: str, base: str) -> bool:
-    """name is base, or base and a suffix that does not continue its number (tower_2 is not tower_20)."""
-    return name == base or (name.startswith(base) and not name[len(base)].isdigit())
-
-
-def _backbone(w: _Walk) -> tuple[Architecture, str, bool, list[str]]:
+def _backbone(w: Walk) -> tuple[Architecture, str, bool, list[str]]:
     """Stem and ResNet stages; returns (architecture so far, stem pool, stride in 1x1, [C3, C4, C5])."""
     g = w.g
     stem, out = w.conv("backbone_body_stem_conv1", g.input, "backbone.stem.conv.conv", 2, True)
@@ -217,6 +109,21 @@ def _backbone(w: _Walk) -> tuple[Architecture, str, bool, list[str]]:
     return arch, _STEM_POOLS[(pad, ceil)], stride_in_1x1, feats[1:]
 
 
+def _structure_notes(graph: CaffeGraph, walk: Walk, flags: FPNFlags, shared: bool, stem_pool: str,
+                     stride_in_1x1: bool, p6_from: str) -> list[str]:
+    """What the import read from the net, and how its dataflow differs from maskrcnn-benchmark's."""
+    shape = " x ".join(map(str, graph.input_shape)) or "no shape"
+    tags = [t for t in flags.level_tags if t]
+    heads = "shared over levels (identical copies)" if shared else "one per level (the copies differ)"
+    notes = [f"input: {graph.input_source} ({shape}; the export size is --input-size)",
+             f"head {heads}" + (f", copies tagged {', '.join(flags.level_tags)} for P3..P7" if tags else "")
+             + f"; stem pool {stem_pool}; stride in the {'1x1' if stride_in_1x1 else '3x3'} conv; P6 from {p6_from}"]
+    if walk.aliases:
+        notes.append("names from the alias table: " + ", ".join(f"{port} for {ours}" for ours, port in walk.aliases))
+    notes += [f"dataflow differs from maskrcnn-benchmark: {n}" for n in flags.notes]
+    return notes
+
+
 def expected_names(spec: ModelSpec) -> list[str]:
     """The Caffe layer names of a spec's convs (maskrcnn-benchmark names, '.' -> '_'); UsageError if
     two PyTorch names collide once their dots are replaced."""
@@ -240,6 +147,26 @@ def expected_names(spec: ModelSpec) -> list[str]:
     return caffe
 
 
+def _read_blobs(caffemodel: Path) -> dict[str, list[np.ndarray]]:
+    """The caffemodel's blobs, scanned from a memory map: a 2 GB port is not also held as bytes."""
+    problem = None
+    with caffemodel.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise UsageError(f"{caffemodel} is empty, not a Caffe caffemodel")
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            blobs = read_caffemodel_blobs(mapped)  # every array is copied out of the map
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = str(exc)
+        try:
+            mapped.close()
+        except BufferError:  # a view still refers to it (only on errors): the map closes when freed
+            pass
+    if problem is not None:
+        raise UsageError(f"{caffemodel} is truncated or not a Caffe caffemodel (protobuf scan: {problem})")
+    return blobs
+
+
 def import_caffe(caffemodel: Path, prototxt: Path | None = None) -> ImportResult:
     """A Caffe port -> our spec and state dict (strict fit against build_model(spec))."""
     from retinanet_trt.importers import maskrcnn_benchmark
@@ -247,15 +174,12 @@ def import_caffe(caffemodel: Path, prototxt: Path | None = None) -> ImportResult
 
     proto = find_prototxt(caffemodel, prototxt)
     net = parse_prototxt(proto.read_text(encoding="utf-8", errors="replace"), SUPPORTED, str(proto))
-    try:
-        blobs = read_caffemodel_blobs(caffemodel.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{caffemodel} is truncated or not a Caffe caffemodel (protobuf scan: {exc})") from None
+    blobs = _read_blobs(caffemodel)
     try:
         graph = CaffeGraph(net, blobs)
-        walk = _Walk(graph)
+        walk = Walk(graph)
         arch, stem_pool, stride_in_1x1, (c3, c4, c5) = _backbone(walk)
-        _fpn_and_head(walk, arch, c3, c4, c5)
+        flags = fpn_and_head(walk, arch, c3, c4, c5)
         leftover = graph.unvisited()
         if leftover:
             raise UsageError(f"{len(leftover)} layers are not part of the RetinaNet structure: {', '.join(leftover[:5])}")
@@ -266,6 +190,7 @@ def import_caffe(caffemodel: Path, prototxt: Path | None = None) -> ImportResult
     spec.backbone.norm = NormSpec("affine", 0.0)
     spec.backbone.stem_pool, spec.backbone.stride_in_1x1 = stem_pool, stride_in_1x1
     spec.fpn.upsample = "deconv"
+    spec.fpn.deconv_groups, spec.fpn.head_reads_relu_p6 = flags.deconv_groups, flags.head_reads_relu_p6
     spec.validate()
     expected_names(spec)
     want = expected_shapes(spec)
@@ -276,8 +201,7 @@ def import_caffe(caffemodel: Path, prototxt: Path | None = None) -> ImportResult
     state_dict: dict[str, torch.Tensor] = {k: to_float_tensor(walk.sd[k]) for k in want}
     notes = [f"Caffe net {proto.name} ({len(graph.layers)} layers) with {caffemodel.name} "
              f"({sum(len(b) for b in blobs.values())} blobs in {len(blobs)} layers, all consumed)",
-             f"head {'shared over levels (identical copies)' if arch.head_shared else 'one per level'}; "
-             f"stem pool {stem_pool}; stride in the {'1x1' if stride_in_1x1 else '3x3'} conv; P6 from {arch.p6_from}",
+             *_structure_notes(graph, walk, flags, arch.head_shared, stem_pool, stride_in_1x1, arch.p6_from),
              "pre- and post-processing are maskrcnn-benchmark's defaults (a caffemodel holds none): "
              "set them with trt-export --spec/--set/--class-names"]
     return ImportResult(spec, state_dict, NAME, group_mapping(walk.pairs), [], notes)

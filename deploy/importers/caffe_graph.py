@@ -1,12 +1,19 @@
-"""A Caffe net as a graph the importer walks: layers in order, blobs renamed on every write (in-place
-ReLU/BatchNorm/Scale overwrite their bottom), each layer's parameters and stored blobs, and checks
-that a layer reads what the RetinaNet structure says it reads. Every visited layer is marked, so
-layers outside the structure are reported rather than ignored.
+"""A Caffe net as a graph the importer walks, in the order Caffe executes it: layers in prototxt
+order, each blob versioned on every write, so an in-place layer (ReLU, BatchNorm, Scale with top =
+bottom) makes a new version and a later reader of that name reads the modified blob, as in Caffe.
+Each layer keeps its parameters and stored blobs; lookups check that a layer reads what the
+RetinaNet structure says it reads. Every visited layer is marked, so layers outside the structure
+are reported rather than ignored.
 
-Caffe semantics kept (BVLC/caffe src/caffe/layers/*.cpp, caffe.proto): Convolution bias_term
-defaults to true and its output rounds down; Pooling rounds up unless round_mode FLOOR; Scale's
-bias_term defaults to false; BatchNorm's blobs are mean * f, var * f, f (f = 0 means 0); layers
-whose include/exclude rules leave them out of the TEST phase are dropped, as Net::FilterNet does.
+Caffe semantics kept (BVLC/caffe src/caffe/layers/*.cpp, net.cpp, util/insert_splits.cpp,
+caffe.proto): the input is an Input or DummyData layer or the net's `input:` (with input_shape or
+input_dim); a DummyData whose filler is not constant refills its top on every forward, so it is
+refused; a top name already written must be the layer's own bottom (in place), and the blob an
+in-place layer overwrites may have no other reader, or Net::AppendTop stops with "produced by
+multiple sources"; Convolution bias_term defaults to true and its output rounds down; Pooling rounds
+up unless round_mode FLOOR; Scale's bias_term defaults to false; BatchNorm's blobs are mean * f,
+var * f, f (f = 0 means 0); layers whose include/exclude rules leave them out of the TEST phase are
+dropped, as Net::FilterNet does.
 """
 
 from __future__ import annotations
@@ -55,7 +62,31 @@ def _in_test_phase(layer: Any) -> bool:
 
 _PARAM_FIELD = {"Convolution": "convolution_param", "Deconvolution": "convolution_param", "Pooling": "pooling_param",
                 "BatchNorm": "batch_norm_param", "Scale": "scale_param", "Eltwise": "eltwise_param",
-                "ReLU": "relu_param", "Input": "input_param"}
+                "ReLU": "relu_param", "Input": "input_param", "DummyData": "dummy_data_param"}
+INPUT_LAYERS = ("Input", "DummyData")
+
+
+def _input_shapes(layer: Any, kind: str) -> list[list[int]]:
+    """The shapes an Input or DummyData layer declares (one, or one per top)."""
+    if kind == "Input":
+        return [list(s.dim) for s in layer.input_param.shape]
+    p = layer.dummy_data_param
+    for filler in p.data_filler:
+        if filler.type != "constant":
+            raise UsageError(f"layer {layer.name!r}: DummyData with a {filler.type!r} filler refills its top on every "
+                             "forward, so Caffe never sees the image; use a constant filler or an Input layer")
+    if p.num or p.channels or p.height or p.width:  # the deprecated 4-D form
+        legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+        return [[dims[min(i, len(dims) - 1)] if dims else 0 for dims in legacy] for i in range(len(layer.top))]
+    return [list(s.dim) for s in p.shape]
+
+
+def _net_input_shapes(net: Any) -> list[list[int]]:
+    """The shapes of the net-level `input:` blobs (input_shape, or 4 input_dim per input)."""
+    if net.input_shape:
+        return [list(s.dim) for s in net.input_shape]
+    dims = list(net.input_dim)
+    return [dims[i : i + 4] for i in range(0, len(dims), 4)]
 
 
 class CaffeGraph:
@@ -63,25 +94,35 @@ class CaffeGraph:
 
     def __init__(self, net: Any, blobs: dict[str, list[np.ndarray]]) -> None:
         version: dict[str, int] = defaultdict(int)
+        writer: dict[str, str] = {}
         self.layers: list[Layer] = []
         self.by_name: dict[str, Layer] = {}
         inputs = list(net.input)
+        shapes = _net_input_shapes(net)
+        sources = ["the net's input"] * len(inputs)
         for name in inputs:
-            version[name] = 1
+            version[name], writer[name] = 1, "the net's input"
+        in_place: list[tuple[Layer, str]] = []
         raw = [layer for layer in [*net.layer, *net.layers] if _in_test_phase(layer)]
         for layer in raw:
             kind = layer_type(layer)
-            if kind == "Input":
-                inputs += list(layer.top)
-                for top in layer.top:
-                    version[top] = 1
-                continue
             missing = [b for b in layer.bottom if version[b] == 0]
             if missing:
                 raise UsageError(f"layer {layer.name!r} reads blob {missing[0]!r}, which no earlier layer writes")
             bottoms = [f"{b}#{version[b]}" for b in layer.bottom]
-            for top in layer.top:
+            for j, top in enumerate(layer.top):
+                if version[top] and (j >= len(layer.bottom) or layer.bottom[j] != top):
+                    raise UsageError(f"layer {layer.name!r} writes blob {top!r}, which {writer[top]!r} already wrote: "
+                                     "Caffe refuses a top made by two layers unless one works in place (top = its "
+                                     "bottom); give it a top of its own")
                 version[top] += 1
+                writer[top] = layer.name
+            if kind in INPUT_LAYERS:
+                declared = _input_shapes(layer, kind)
+                inputs += list(layer.top)
+                shapes += [declared[min(i, len(declared) - 1)] if declared else [] for i in range(len(layer.top))]
+                sources += [f"{kind} {layer.name!r}"] * len(layer.top)
+                continue
             param_field = _PARAM_FIELD.get(kind)
             param = getattr(layer, param_field) if param_field else None
             node = Layer(layer.name, kind, bottoms, [f"{t}#{version[t]}" for t in layer.top], param,
@@ -90,9 +131,16 @@ class CaffeGraph:
                 raise UsageError(f"two layers are named {node.name!r}; Caffe matches weights by layer name")
             self.layers.append(node)
             self.by_name[node.name] = node
+            in_place += [(node, b) for j, b in enumerate(bottoms) if j < len(layer.top) and layer.top[j] == layer.bottom[j]]
         if len(inputs) != 1:
-            raise UsageError(f"the net has {len(inputs)} inputs ({', '.join(inputs) or 'none'}); a RetinaNet has one")
+            raise UsageError(f"the net has {len(inputs)} inputs ({', '.join(inputs) or 'none'}); a RetinaNet has one "
+                             "(an Input or DummyData layer, or input: with input_shape)")
         self.input = f"{inputs[0]}#1"
+        self.input_source = f"{sources[0]} {inputs[0]!r}" if sources[0] == "the net's input" else sources[0]
+        self.input_shape = shapes[0] if shapes else []
+        if self.input_shape and (len(self.input_shape) != 4 or self.input_shape[1] != 3):
+            raise UsageError(f"{self.input_source} is declared {' x '.join(map(str, self.input_shape))}; a RetinaNet "
+                             "reads N x 3 x H x W images")
         unknown = sorted(set(blobs) - set(self.by_name))
         if unknown:
             raise UsageError(f"the caffemodel has weights for {len(unknown)} layers the prototxt lacks: "
@@ -101,6 +149,13 @@ class CaffeGraph:
         for node in self.layers:
             for b in node.bottoms:
                 self.consumers[b].append(node)
+        for node, blob in in_place:
+            others = [r.name for r in self.consumers[blob] if r is not node]
+            if others:
+                raise UsageError(f"layer {node.name!r} works in place on {blob.split('#')[0]!r}, which "
+                                 f"{', '.join(map(repr, others))} also read before it: Caffe's Net stops on this (the "
+                                 f"in-place top is then 'produced by multiple sources'); give {node.name!r} a top of "
+                                 "its own")
         self.visited: set[str] = set()
 
     # ------------------------------------------------------------------ lookups that mark layers visited

@@ -3,7 +3,7 @@ RetinaNet deploy net uses (field numbers and defaults as in BVLC/caffe src/caffe
 for the text ``.prototxt``, and a wire-format scan of the binary ``.caffemodel`` for the blobs.
 
 The descriptor covers NetParameter, LayerParameter and V1LayerParameter with the parameters of
-Input, Convolution/Deconvolution, Pooling, BatchNorm, Scale, Eltwise and ReLU, plus the fields
+Input, DummyData, Convolution/Deconvolution, Pooling, BatchNorm, Scale, Eltwise and ReLU, plus the fields
 every layer may carry (param, include/exclude, fillers, phase). A prototxt is parsed twice: first
 skipping unknown fields, to name any layer type the importer does not support; then strictly, so
 a field it does not know is an error instead of being silently ignored.
@@ -15,6 +15,7 @@ object per value.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ V1_TYPES = {
 }
 # The V1 names of the layer types the importer supports, as the new format spells them.
 V1_NAMES = {"CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution", "POOLING": "Pooling",
-            "RELU": "ReLU", "ELTWISE": "Eltwise"}
+            "RELU": "ReLU", "ELTWISE": "Eltwise", "DUMMY_DATA": "DummyData"}
 
 # message -> [(field, number, label, type or .Message / enum name, default)]
 _MESSAGES: dict[str, list[tuple[str, int, int, str, str | None]]] = {
@@ -77,6 +78,9 @@ _MESSAGES: dict[str, list[tuple[str, int, int, str, str | None]]] = {
     "EltwiseParameter": [("operation", 1, _OPT, "=EltwiseOp", "SUM"), ("coeff", 2, _REP, "float", None),
                          ("stable_prod_grad", 3, _OPT, "bool", "true")],
     "InputParameter": [("shape", 1, _REP, ".BlobShape", None)],
+    "DummyDataParameter": [("data_filler", 1, _REP, ".FillerParameter", None), ("shape", 6, _REP, ".BlobShape", None),
+                           ("num", 2, _REP, "uint32", None), ("channels", 3, _REP, "uint32", None),
+                           ("height", 4, _REP, "uint32", None), ("width", 5, _REP, "uint32", None)],
     "PoolingParameter": [
         ("pool", 1, _OPT, "=PoolMethod", None), ("pad", 4, _OPT, "uint32", None), ("pad_h", 9, _OPT, "uint32", None),
         ("pad_w", 10, _OPT, "uint32", None), ("kernel_size", 2, _OPT, "uint32", None),
@@ -95,6 +99,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, str, str | None]]] = {
         ("propagate_down", 11, _REP, "bool", None), ("include", 8, _REP, ".NetStateRule", None),
         ("exclude", 9, _REP, ".NetStateRule", None), ("batch_norm_param", 139, _OPT, ".BatchNormParameter", None),
         ("convolution_param", 106, _OPT, ".ConvolutionParameter", None),
+        ("dummy_data_param", 109, _OPT, ".DummyDataParameter", None),
         ("eltwise_param", 110, _OPT, ".EltwiseParameter", None), ("input_param", 143, _OPT, ".InputParameter", None),
         ("pooling_param", 121, _OPT, ".PoolingParameter", None), ("relu_param", 123, _OPT, ".ReLUParameter", None),
         ("scale_param", 142, _OPT, ".ScaleParameter", None)],
@@ -105,6 +110,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, str, str | None]]] = {
         ("param", 1001, _REP, "string", None), ("blob_share_mode", 1002, _REP, "=DimCheckMode", None),
         ("blobs_lr", 7, _REP, "float", None), ("weight_decay", 8, _REP, "float", None),
         ("loss_weight", 35, _REP, "float", None), ("convolution_param", 10, _OPT, ".ConvolutionParameter", None),
+        ("dummy_data_param", 26, _OPT, ".DummyDataParameter", None),
         ("eltwise_param", 24, _OPT, ".EltwiseParameter", None), ("pooling_param", 19, _OPT, ".PoolingParameter", None),
         ("relu_param", 30, _OPT, ".ReLUParameter", None)],
     "NetParameter": [
@@ -226,7 +232,7 @@ def _blob(buf: memoryview) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_caffemodel_blobs(data: bytes) -> dict[str, list[np.ndarray]]:
+def read_caffemodel_blobs(data: bytes | mmap.mmap) -> dict[str, list[np.ndarray]]:
     """layer name -> its blobs (float32 arrays) from a binary NetParameter (layer or V1 layers)."""
     out: dict[str, list[np.ndarray]] = {}
     for number, _, value in fields(memoryview(data)):

@@ -10,19 +10,22 @@ from retinanet_trt.model.padding import pad_same
 from retinanet_trt.spec import FPNSpec
 
 
-def bilinear_deconv_weight(channels: int, kernel: int = 4) -> torch.Tensor:
-    """(C, 1, k, k) weights of Caffe's "bilinear" filler: with group C, stride 2 and pad 1 a x2
-    half-pixel bilinear upsampling inside the map, zero-padded at its borders."""
+def bilinear_deconv_weight(channels: int, kernel: int = 4, per_group: int = 1) -> torch.Tensor:
+    """(C, C/groups, k, k) weights of Caffe's "bilinear" filler, which fills every kernel the same:
+    with group C, stride 2 and pad 1 a x2 half-pixel bilinear upsampling inside the map,
+    zero-padded at its borders."""
     f = (kernel + 1) // 2
     c = (kernel - 1) / (2.0 * f)
     taps = 1.0 - torch.abs(torch.arange(kernel, dtype=torch.float64) / f - c)
-    return (taps[:, None] * taps[None, :]).to(torch.float32).expand(channels, 1, kernel, kernel).clone()
+    return (taps[:, None] * taps[None, :]).to(torch.float32).expand(channels, per_group, kernel, kernel).clone()
 
 
 class FPN(nn.Module):
     """[C3, C4, C5] -> [P3, ..., P_max] each (N, out_channels, H/2^l, W/2^l).
 
-    same_pad: P6/P7 (stride 2) pad SAME_UPPER like the backbone (MindSpore).
+    same_pad: P6/P7 (stride 2) pad SAME_UPPER like the backbone (MindSpore). With
+    spec.head_reads_relu_p6 the P6 returned is relu(P6), the one P7 reads too (a Caffe port's
+    in-place ReLU).
     """
 
     def __init__(self, in_channels: list[int], spec: FPNSpec, same_pad: bool = False) -> None:
@@ -32,14 +35,16 @@ class FPN(nn.Module):
         self.p6_from = spec.p6_from
         self.levels = list(spec.levels)
         self.same_pad = same_pad
+        self.relu_p6_out = spec.head_reads_relu_p6
         for level, c_in in zip((3, 4, 5), in_channels):
             self.add_module(f"lateral{level}", nn.Conv2d(c_in, ch, 1, bias=spec.bias))
             self.add_module(f"output{level}", nn.Conv2d(ch, ch, 3, padding=1, bias=spec.bias))
         if spec.upsample == "deconv":
+            groups = spec.deconv_groups or ch
             for level in (3, 4):  # upsample{l}: the top-down map to level l's size
-                deconv = nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1, groups=ch, bias=False)
+                deconv = nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1, groups=groups, bias=False)
                 with torch.no_grad():
-                    deconv.weight.copy_(bilinear_deconv_weight(ch))
+                    deconv.weight.copy_(bilinear_deconv_weight(ch, per_group=ch // groups))
                 self.add_module(f"upsample{level}", deconv)
         pad = 0 if same_pad else 1
         if 6 in self.levels:
@@ -65,7 +70,8 @@ class FPN(nn.Module):
         outs = [self.output3(inner3), self.output4(inner4), self.output5(inner5)]
         if 6 in self.levels:
             p6 = self._strided(self.p6, c5 if self.p6_from == "c5" else outs[2])
-            outs.append(p6)
+            relu_p6 = F.relu(p6) if self.relu_p6_out or 7 in self.levels else p6
+            outs.append(relu_p6 if self.relu_p6_out else p6)
             if 7 in self.levels:
-                outs.append(self._strided(self.p7, F.relu(p6)))
+                outs.append(self._strided(self.p7, relu_p6))
         return outs[: len(self.levels)]
