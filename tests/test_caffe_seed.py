@@ -247,8 +247,9 @@ def test_names_outside_the_alias_table_say_which_names_fit(tmp_path: Path) -> No
     layers = cf.seed_port(SMALL, seed=19)
     lateral = _renamed(layers, "backbone_fpn_fpn_inner3_lateral", "backbone_fpn_fpn_inner3_lat")
     assert ("no Convolution layer for the FPN lateral of C4: expected one named backbone_fpn_fpn_inner3 or "
-            "backbone_fpn_fpn_inner3_lateral; 'backbone_fpn_fpn_inner3' is of type Eltwise (names are the PyTorch "
-            "module's with '.' -> '_', or an alias in importers/caffe_names.py)") in _refusal(tmp_path, lateral)
+            "backbone_fpn_fpn_inner3_lateral; 'backbone_fpn_fpn_inner3' is of type Eltwise (the PyTorch module's "
+            "name with '.' -> '_', or an alias: rename the layer, or add its spelling to ALIASES in "
+            "importers/caffe_names.py)") in _refusal(tmp_path, lateral)
     p6 = _renamed(layers, "backbone_fpn_topblocks_p6", "fpn_p6")
     assert "no Convolution layer for P6: expected one named backbone_fpn_top_blocks_p6 or backbone_fpn_topblocks_p6" in (
         _refusal(tmp_path, p6))
@@ -257,3 +258,36 @@ def test_names_outside_the_alias_table_say_which_names_fit(tmp_path: Path) -> No
             "named rpn_head_cls_logits or rpn_head_cls_logits<level> or rpn_head_cls_tower_8 or "
             "rpn_head_cls_tower_8<level> or rpn_head_cls_tower<level>_8 (<level>: a tag such as _p6), found "
             "'rpn_head_cls_score_p6'") in _refusal(tmp_path, logits)
+
+
+def test_head_copies_mixing_level_tags_or_p6_inputs_are_refused(tmp_path: Path) -> None:
+    layers = cf.seed_port(SMALL, seed=20)
+    mixed = _renamed(layers, "rpn_head_cls_tower_p3_2", "rpn_head_cls_tower_2_p4")
+    assert ("P4's head layers carry different level tags: rpn_head_cls_tower_p3_0 (_p3), rpn_head_cls_tower_2_p4 "
+            "(_p4)") in _refusal(tmp_path, mixed)
+    opts = cf.PortOptions(depth=18, stem=8, width=8, fpn=16, classes=1, input_hw=(64, 64))
+    port = cf.build_port(opts, seed=21)
+    split = [replace(la, bottom=["p6_relu"]) if la.name == "rpn_head_bbox_tower_0_p6" else la for la in port]
+    (tmp_path / "s.prototxt").write_text(cf.prototxt(split, opts))
+    (tmp_path / "s.caffemodel").write_bytes(cf.caffemodel(split, opts))
+    with pytest.raises(UsageError, match=r"at P6 the head layers 'rpn_head_cls_tower_0_p6' read P6 and "
+                                         r"'rpn_head_bbox_tower_0_p6' read relu\(P6\), which is not supported"):
+        import_checkpoint(tmp_path / "s.caffemodel")
+
+
+def test_a_v1_net_with_a_dummy_data_input(tmp_path: Path) -> None:
+    opts = cf.PortOptions(depth=18, stem=8, width=8, fpn=16, classes=1, norm="bias", v1=True, input_hw=(64, 96))
+    layers = cf.build_port(opts, seed=22)
+    text = cf.prototxt(layers, opts)
+    net_input = 'input: "data"\n' + "".join(f"input_dim: {d}\n" for d in (1, 3, 64, 96))
+    assert net_input in text
+    dummy = ('layers {\n  name: "data"\n  type: DUMMY_DATA\n  top: "data"\n  dummy_data_param {\n    num: 1\n    '
+             "channels: 3\n    height: 64\n    width: 96\n  }\n}\n")
+    (tmp_path / "v1.prototxt").write_text(text.replace(net_input, dummy))
+    (tmp_path / "v1.caffemodel").write_bytes(cf.caffemodel(layers, opts))
+    result = import_checkpoint(tmp_path / "v1.caffemodel")
+    assert "input: DummyData 'data' (1 x 3 x 64 x 96" in "\n".join(result.notes)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        ours = dict(zip(output_names(result.spec), (t.numpy() for t in result.build_model()(torch.from_numpy(x)))))
+    assert worst(compare_outputs(cref.head_outputs(layers, x), ours))[1] <= 1e-5

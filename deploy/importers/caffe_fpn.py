@@ -70,7 +70,8 @@ def _head_copy(g: CaffeGraph, feature: str, level: int) -> tuple[Walk, str]:
         head.conv(name, blob, f"head.{ours}_pred", 1, False)
     if len(set(tags.values())) > 1:
         raise UsageError(f"P{level}'s head layers carry different level tags: "
-                         ", ".join(f"{k} ({v or 'untagged'})" for k, v in tags.items()))
+                         + ", ".join(f"{k} ({v or 'untagged'})" for k, v in tags.items())
+                         + "; name one level's copies with one tag")
     return head, next(iter(tags.values()))
 
 
@@ -89,7 +90,7 @@ def _top_down(w: Walk, c3: str, c4: str, c5: str) -> tuple[list[str], int, int]:
         inner[level] = g.eltwise_sum(lateral, up, f"P{level}'s top-down sum")
     if len({d.param.group for d in groups}) > 1:
         raise UsageError(f"the upsampling Deconvolutions {', '.join(repr(d.name) for d in groups)} have different "
-                         "groups; the model uses one")
+                         "groups, which is not supported (the model upsamples both levels with one group)")
     outs = []
     for level in (3, 4, 5):
         conv = w.find("backbone_fpn_fpn_layer{i}", "Convolution", inner[level], f"the FPN output P{level}", i=level - 1)
@@ -122,7 +123,8 @@ def fpn_and_head(w: Walk, arch: Architecture, c3: str, c4: str, c5: str) -> FPNF
     raw, activated = _head_starts(g, p6), _head_starts(g, relu_p6)
     if raw and activated:
         raise UsageError(f"at P6 the head layers {', '.join(map(repr, raw))} read P6 and "
-                         f"{', '.join(map(repr, activated))} read relu(P6); the model feeds one of them to the whole head")
+                         f"{', '.join(map(repr, activated))} read relu(P6), which is not supported (the model feeds "
+                         "one of them to the whole P6 head)")
     if activated:
         relu = next(c for c in g.consumers[p6] if c.type == "ReLU")
         flags.head_reads_relu_p6 = True

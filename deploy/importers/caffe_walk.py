@@ -34,8 +34,9 @@ class Walk:
             typed = [n for n in typed if n.bottoms == [bottom]] or typed
         if not typed:
             wrong = "".join(f"; {n.name!r} is of type {n.type}" for n in present)
-            raise UsageError(f"no {kind} layer for {what}: expected one named {' or '.join(names)}{wrong} (names are "
-                             "the PyTorch module's with '.' -> '_', or an alias in importers/caffe_names.py)")
+            raise UsageError(f"no {kind} layer for {what}: expected one named {' or '.join(names)}{wrong} (the "
+                             "PyTorch module's name with '.' -> '_', or an alias: rename the layer, or add its "
+                             "spelling to ALIASES in importers/caffe_names.py)")
         if len(typed) > 1:
             raise UsageError(f"layers {', '.join(repr(n.name) for n in typed)} could each be {what}; keep one")
         if typed[0].name != names[0]:
