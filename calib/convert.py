@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from retinanet_trt.calib import cache, fp16, int8, lint, report_cache, scoring, select, sets
+from retinanet_trt.calib import budget, cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info, read_spec, set_metadata
+from retinanet_trt.export.metadata import read_info, resolve_spec, set_metadata
 from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
@@ -37,7 +37,8 @@ class ConvertOptions:
     calib: str | None = None
     calib_images: int = DEFAULT_CALIB_IMAGES
     seed: int = 0
-    cache: Path | None = None
+    cache: Path | None = None  # a ranges file the user names (report cache beside it); None: in cache_dir
+    cache_dir: Path | None = None  # content-addressed cache folder; None: cache.default_cache_dir()
     method: str = DEFAULT_METHOD
     exclude: list[str] = field(default_factory=list)
     default_exclusions: bool = True  # INT8: keep the cls/box predictor convs in FP32
@@ -45,6 +46,8 @@ class ConvertOptions:
     evaluate_map: bool = True  # when the calibration set has annotations
     eval_images: int = DEFAULT_EVAL_IMAGES
     image_root: Path | None = None  # folder the COCO json's file_name entries are relative to
+    spec: ModelSpec | None = None  # for a source without this project's metadata (--spec)
+    budget: budget.Budget | None = None  # INT8: keep the fewest layers in float that meet it
     progress: bool = True
 
 
@@ -66,14 +69,15 @@ class _Model:
     batch: int  # static batch, or 1 when dynamic
 
 
-def _open_model(path: Path) -> _Model:
-    spec = read_spec(path)  # UsageError for a missing, unreadable or foreign file
+def _open_model(path: Path, spec: ModelSpec | None = None) -> _Model:
+    spec = resolve_spec(path, spec=spec)  # UsageError for a missing or unreadable file, or one without a spec
     proto = onnx.load(str(path))
     info = read_info(proto)
     if info.get("precision", "fp32") != "fp32":
         raise UsageError(f"{path} is already {info['precision']}; convert the FP32 export instead")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
-        raise UsageError(f"{path} already holds Q/DQ nodes; convert the FP32 export instead")
+        raise UsageError(f"{path} already holds Q/DQ nodes; convert the FP32 export instead (to score it "
+                         "against that file: trt-calib THIS.onnx --onnx FP32.onnx)")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     input_hw = (static[2], static[3]) if static[2] and static[3] else None
@@ -94,14 +98,15 @@ def _calibration(model: _Model, opts: ConvertOptions, out: Path, method: str, ti
         preprocess=cache.preprocess_digest(model.spec, model.input_hw, model.batch),
         method=cache.method_digest(method, params),
     )
-    path = opts.cache or cache.default_cache_path(out)
+    # The output's name is no input: by default the ranges live in the cache folder under their key.
+    path = opts.cache or cache.ranges_path(opts.cache_dir or cache.default_cache_dir(), key)
     report: dict[str, Any] = {"path": str(path), "key": key.key, "reused": False}
     try:
         ranges = cache.load_cache(path, key)
     except UsageError as exc:
         if opts.cache is not None:
             raise  # a cache the user named is never replaced
-        report["replaced"] = str(exc)  # the default one beside the output follows its output
+        report["replaced"] = str(exc)  # a damaged entry in the cache folder is computed again
         ranges = None
     if ranges is not None:
         report["reused"] = True
@@ -113,7 +118,12 @@ def _calibration(model: _Model, opts: ConvertOptions, out: Path, method: str, ti
     t0 = time.perf_counter()
     ranges = int8.calibrate(model.path, inputs, method, opts.progress)
     timings["calibrate_s"] = time.perf_counter() - t0
-    cache.save_cache(path, key, ranges, {"name": method, **params}, images.sources)
+    if opts.cache is not None:
+        cache.save_cache(path, key, ranges, {"name": method, **params}, images.sources)
+    else:  # a cache folder that cannot be written loses the reuse, not the run
+        note = cache.store_json(path, cache.cache_payload(key, ranges, {"name": method, **params}, images.sources))
+        if note:
+            report["note"] = note
     return source, images, ranges, report
 
 
@@ -126,20 +136,32 @@ def _write(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any], out: P
 
 def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions, method: str,
                   ranges: dict[str, Any] | None, images: sets.CalibImages | None, source: sets.CalibSource | None,
-                  cache_key: str | None) -> dict[str, Any]:
+                  cache_key: str | None, cached: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the FP16 / INT8 file and lint it; return the report keys that making it gives
-    (calibration summary, exclusions, lint, fp16_overflow_nodes)."""
+    (calibration summary, exclusions, lint, fp16_overflow_nodes, budget). cached: what a cached
+    report for the same inputs recorded of the conversion, so that a rerun to another output
+    neither draws the calibration images again nor redoes the budget's search."""
     info = {**model.info, "precision": precision}
     done: dict[str, Any] = {}
-    if source is not None and images is not None:  # stored with the report: a cached rerun reads no images
+    searched = (cached or {}).get("budget")
+    if cached and "calibration" in cached:
+        done["calibration"] = cached["calibration"]
+    elif source is not None and images is not None:  # stored with the report: a cached rerun reads no images
         done["calibration"] = {"set": source.name, "kind": source.kind, "method": method, "seed": opts.seed,
                                "requested": opts.calib_images, **images.summary()}
     if precision == "int8":
         excluded = select.select_nodes(model.proto, ([select.PREDICTORS] if opts.default_exclusions else []) + opts.exclude)
+        if opts.budget is not None:
+            if searched is None:
+                searched = budget.search(model.path, model.proto, model.spec, ranges or {}, method, excluded,
+                                         opts.budget, source, images, opts.eval_images, model.input_hw, model.batch,
+                                         opts.progress)
+            done["budget"] = searched
+            excluded = excluded + [k["layer"] for k in searched["kept"] if k["layer"] not in excluded]
         config = int8.QuantizeConfig(method=method, exclude=excluded)
         with tempfile.TemporaryDirectory(prefix="retinanet_trt.int8.") as tmp:
             converted = int8.quantize(model.path, Path(tmp) / "int8.onnx", ranges or {}, config)
-        info["calibration"] = {"method": method, "images": len(images.sources) if images else 0,
+        info["calibration"] = {"method": method, "images": done["calibration"]["images_used"] if "calibration" in done else 0,
                                "set": source.name if source else None, "cache_key": cache_key}
     else:
         excluded = select.select_nodes(model.proto, opts.exclude) if opts.exclude else []
@@ -172,7 +194,8 @@ def _report_parts(model: _Model, precision: str, opts: ConvertOptions, method: s
         source=sha256_file(model.path), precision=precision, calibration=calib,
         method={"name": method, **int8.method_params(method)},
         exclusions={"exclude": opts.exclude, "default_exclusions": opts.default_exclusions},
-        evaluation=evaluation, sensitivity=opts.sensitivity and precision == "int8",
+        evaluation=evaluation, sensitivity=opts.sensitivity and precision == "int8", spec=model.spec.to_dict(),
+        budget=opts.budget.to_dict() if opts.budget is not None and precision == "int8" else None,
         arithmetic=scoring.ARITHMETIC, versions=report_cache.score_versions(), code=report_cache.code_digest(),
     )
 
@@ -183,8 +206,9 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     Report keys: precision, source, output, calibration, cache, exclusions, lint, arithmetic,
     sqnr_db (per output), outputs (all stats per output), levels (per-level rows), held_out, map
     and map_detail (when the set has annotations), sensitivity (INT8 with opts.sensitivity),
-    times_s, versions. A rerun with the same inputs and an unchanged output reuses the cached
-    report (cache.report_reused) instead of converting and scoring again.
+    budget (INT8 with opts.budget), times_s, versions. A rerun with the same inputs reuses the
+    cached report (cache.report_reused) instead of scoring again, whatever the output's name; an
+    unchanged output is not even rewritten (cache.output_reused).
     """
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -195,22 +219,30 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     check_writable(out)
     if out.resolve() == src.resolve():
         raise UsageError(f"-o {out} would overwrite the FP32 source; choose another output name")
+    if opts.budget is not None:
+        opts.budget.check(precision, opts.calib, opts.evaluate_map)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    model = _open_model(src)
+    model = _open_model(src, opts.spec)
     if opts.exclude:  # a pattern that matches nothing is a typo: say so before calibrating for minutes
         select.select_nodes(model.proto, opts.exclude)
     report: dict[str, Any] = {"precision": precision, "source": str(src), "output": str(out)}
     source = images = ranges = None
     cache_info: dict[str, Any] = {"path": None, "key": None, "reused": False}
+    if opts.budget is not None and opts.calib:  # before calibrating for minutes
+        opts.budget.check_set(sets.open_calib_set(opts.calib, opts.image_root))
     if opts.calib:
         source, images, ranges, cache_info = _calibration(model, opts, out, method, timings)
     report["cache"] = cache_info
 
-    # A report cached for the same inputs and these exact output bytes is reused as it is.
-    rpath = report_cache.report_cache_path(opts.cache or cache.default_cache_path(out))
+    # A report cached for the same inputs and these exact output bytes is reused as it is: from the
+    # cache folder under its key (any output name), or beside a ranges file named with --cache.
+    cache_dir = opts.cache_dir or cache.default_cache_dir()
     parts = _report_parts(model, precision, opts, method, source, images)
+    rpath = report_cache.report_cache_path(opts.cache) if opts.cache else report_cache.entry_path(cache_dir, parts)
     entry, note = report_cache.load_entry(rpath, parts)
+    if entry is None and note is None and opts.cache is None:
+        note = report_cache.changed_note(cache_dir, out, parts)
     cache_info.update(report_path=str(rpath), report_reused=False, output_reused=False)
     if note:
         cache_info["report_note"] = note
@@ -219,7 +251,8 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         timings["convert_s"] = 0.0
     else:
         t0 = time.perf_counter()
-        conversion = _convert_file(model, precision, out, opts, method, ranges, images, source, cache_info["key"])
+        conversion = _convert_file(model, precision, out, opts, method, ranges, images, source, cache_info["key"],
+                                   entry["conversion"] if entry is not None else None)
         timings["convert_s"] = time.perf_counter() - t0
     report.update(conversion)
     out_sha = sha256_file(out)
@@ -230,20 +263,76 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
         if entry is not None:
             cache_info["report_note"] = f"{out} differs from the file the cached report scored; re-scored"
         score_times: dict[str, float] = {}
+        searched = conversion.get("budget")
         scores = scoring.score(
             src, out, precision, proto=model.proto, spec=model.spec, input_hw=model.input_hw, batch=model.batch,
             source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images,
             sensitivity=opts.sensitivity, ranges=ranges, method=method, excluded=conversion["exclusions"],
-            progress=opts.progress, timings=score_times)
+            progress=opts.progress, timings=score_times, known_map=searched.get("map_scores") if searched else None)
+        if searched:
+            score_times["budget_search_s"] = searched.get("search_s", 0.0)
         timings.update(score_times)
         written = report_cache.save_entry(rpath, parts, out_sha, conversion, scores, score_times)
         if written:
             cache_info["report_note"] = written
+    if opts.cache is None:
+        report_cache.remember(cache_dir, out, parts)
     report.update(scores)
     timings["total_s"] = time.perf_counter() - t_start
     report["times_s"] = timings
     report["versions"] = package_versions()
     return report
+
+
+def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[str, Any]:
+    """Score an FP16 / INT8 file that any tool made (ModelOpt, ORT quantize_static, trt-calib)
+    against the FP32 file it was made from: the report convert() gives, for a file it did not write
+    (held-out SQNR per output and level, COCO mAP on the set's held-out images with opts.calib when
+    it has annotations, the lint), with nothing written. The precision is read from the graph, and
+    every figure is computed in simulated Q/DQ. opts.spec: the spec when neither file carries one."""
+    from retinanet_trt.build import detect_precision
+    from retinanet_trt.export.metadata import io_mismatch, load_onnx
+
+    t_start = time.perf_counter()
+    ref = _open_model(reference, opts.spec)  # the FP32 file: UsageError when it is not one
+    scored = load_onnx(model_path)
+    differ = io_mismatch(scored, ref.proto)
+    if differ:
+        raise UsageError(f"{model_path} and --onnx {reference} are not the same network ({differ}); "
+                         "give the FP32 file this one was made from")
+    spec = resolve_spec(scored, spec=ref.spec)  # checked against the scored graph's outputs
+    precision = detect_precision(scored)
+    if precision == "fp32":
+        raise UsageError(f"{model_path} has no Q/DQ nodes and no FP16 tensors; to convert it, give --int8 or --fp16 "
+                         "without --onnx")
+    report: dict[str, Any] = {"precision": precision, "source": str(reference), "output": str(model_path),
+                              "scored_only": True, "cache": {"path": None, "key": None, "reused": False}}
+    source = images = None
+    timings: dict[str, float] = {}
+    if opts.calib:
+        source = sets.open_calib_set(opts.calib, opts.image_root)
+        images = sets.load_calibration(source, spec, opts.calib_images, opts.seed, ref.input_hw, ref.batch, opts.progress)
+        report["calibration"] = {"set": source.name, "kind": source.kind, "method": None, "seed": opts.seed,
+                                 "requested": opts.calib_images, **images.summary(),
+                                 "note": "images held out of the mAP set only; the file's ranges came from its own tool"}
+    result = lint.lint_file(model_path)
+    report["lint"] = result.to_dict()
+    report["exclusions"] = float_weight_layers(scored) if precision == "int8" else []
+    report.update(scoring.score(
+        reference, model_path, precision, proto=ref.proto, spec=spec, input_hw=ref.input_hw, batch=ref.batch,
+        source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images, sensitivity=False,
+        ranges=None, method="minmax", excluded=[], progress=opts.progress, timings=timings))
+    timings["total_s"] = time.perf_counter() - t_start
+    report["times_s"] = timings
+    report["versions"] = package_versions()
+    return report
+
+
+def float_weight_layers(model: onnx.ModelProto) -> list[str]:
+    """Conv / Gemm / MatMul nodes of a Q/DQ graph whose weight is not dequantized: they run in float."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in budget.LAYER_OPS and len(n.input) > 1
+            and n.input[1] not in dq_out]
 
 
 def report_json(report: dict[str, Any]) -> str:

@@ -34,9 +34,13 @@ def scoring_session(model: Path | bytes | onnx.ModelProto, optimized_model_path:
 def score(src: Path, out: Path, precision: str, *, proto: onnx.ModelProto, spec: ModelSpec,
           input_hw: tuple[int, int] | None, batch: int, source: CalibSource | None, images: CalibImages | None,
           evaluate_map: bool, eval_images: int, sensitivity: bool, ranges: dict[str, Any] | None, method: str,
-          excluded: list[str], progress: bool, timings: dict[str, float]) -> dict[str, Any]:
+          excluded: list[str], progress: bool, timings: dict[str, float],
+          known_map: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """{SCORE_KEYS...}: held-out SQNR per output and level, COCO mAP when the set has annotations,
-    and (INT8 with `sensitivity`) the per-group sweep. Adds held_out_s / map_s / sensitivity_s to timings."""
+    and (INT8 with `sensitivity`) the per-group sweep. Adds held_out_s / map_s / sensitivity_s to timings.
+
+    known_map: {"fp32": ..., precision: ...} map_scores results already measured on the same
+    evaluation set for src and for the graph written to out (the accuracy budget's search)."""
     scores: dict[str, Any] = {"arithmetic": ARITHMETIC}
     t0 = time.perf_counter()
     photos, names, shrunk = accuracy.held_out_inputs(spec, input_hw, batch)
@@ -51,7 +55,8 @@ def score(src: Path, out: Path, precision: str, *, proto: onnx.ModelProto, spec:
     evaluation = None
     if source is not None and images is not None and evaluate_map:
         t0 = time.perf_counter()
-        evaluation = _map_scores(src, out, precision, source, images, eval_images, progress, scores)
+        evaluation = _map_scores(src, out, precision, source, images, eval_images, progress, scores, spec,
+                                 known_map or {})
         timings["map_s"] = time.perf_counter() - t0
     if precision == "int8" and sensitivity:
         t0 = time.perf_counter()
@@ -64,15 +69,15 @@ def score(src: Path, out: Path, precision: str, *, proto: onnx.ModelProto, spec:
 
 
 def _map_scores(src: Path, out: Path, precision: str, source: CalibSource, images: CalibImages, eval_images: int,
-                progress: bool, scores: dict[str, Any]) -> Any:
+                progress: bool, scores: dict[str, Any], spec: ModelSpec, known: dict[str, dict[str, Any]]) -> Any:
     """Fill scores["map"] (COCO AP as a fraction) for FP32 and the converted file; return the evaluation set."""
     from retinanet_trt.calib.detection_map import EvalSet, map_scores
 
     evaluation = EvalSet.for_source(source, images, eval_images)
     if evaluation is None:
         return None
-    fp32 = map_scores(src, evaluation, progress)
-    converted = map_scores(out, evaluation, progress)
+    fp32 = known.get("fp32") or map_scores(src, evaluation, progress, spec=spec)
+    converted = known.get(precision) or map_scores(out, evaluation, progress, spec=spec)
     scores["map"] = {"fp32": fp32["AP"], precision: converted["AP"]}
     scores["map_detail"] = {"metric": "COCO AP@[.50:.95] (a fraction, as COCO reports it)", "arithmetic": ARITHMETIC,
                             "images": evaluation.num_images, "set": evaluation.describe, "fp32": fp32,

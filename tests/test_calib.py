@@ -46,10 +46,16 @@ def static_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _module_cache(static_tiny: Path) -> Path:
+    """The cache folder int8_run and the reuse test share (each test has its own otherwise)."""
+    return static_tiny.parent / "cache"
+
+
 @pytest.fixture(scope="module")
 def int8_run(static_tiny: Path) -> tuple[Path, dict]:
     out = static_tiny.with_name("tiny.int8.onnx")
-    report = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, progress=False, evaluate_map=False))
+    report = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, progress=False, evaluate_map=False,
+                                                             cache_dir=_module_cache(static_tiny)))
     return out, report
 
 
@@ -188,20 +194,25 @@ def test_cache_key_changes_with_every_input(static_tiny: Path) -> None:
 def test_cache_reused_then_refused_for_other_inputs(static_tiny: Path, int8_run: tuple[Path, dict], tmp_path: Path) -> None:
     out, first = int8_run
     assert first["cache"]["reused"] is False
-    again = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, progress=False, evaluate_map=False))
+    folder = _module_cache(static_tiny)
+    again = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, progress=False, evaluate_map=False,
+                                                            cache_dir=folder))
     assert again["cache"]["reused"] is True and again["cache"]["key"] == first["cache"]["key"]
     assert again["times_s"]["calibrate_s"] == 0.0 and again["sqnr_db"] == first["sqnr_db"]
     named = Path(first["cache"]["path"])
+    assert named.parent == folder / "ranges" and named.name == f"{first['cache']['key']}.calib.json"
     for opts, why in [
         (ConvertOptions(calib="demo", calib_images=8, seed=1), "other calibration images"),
         (ConvertOptions(calib="demo", calib_images=8, method="percentile"), "another calibration method"),
     ]:
-        opts.cache, opts.progress, opts.evaluate_map = named, False, False
+        opts.cache, opts.progress, opts.evaluate_map = named, False, False  # a file named with --cache is refused
         with pytest.raises(UsageError, match=why):
             convert(static_tiny, "int8", tmp_path / "x.onnx", opts)
-    # the default cache beside an output follows that output: recalibrated, and the report says why
-    replaced = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, seed=1, progress=False, evaluate_map=False))
-    assert replaced["cache"]["reused"] is False and "other calibration images" in replaced["cache"]["replaced"]
+    # the cache folder keeps one entry per key: other inputs calibrate anew, beside the first entry
+    other = convert(static_tiny, "int8", out, ConvertOptions(calib="demo", calib_images=8, seed=1, progress=False,
+                                                            evaluate_map=False, cache_dir=folder))
+    assert other["cache"]["reused"] is False and other["cache"]["key"] != first["cache"]["key"]
+    assert Path(other["cache"]["path"]).parent == named.parent and named.is_file() and "replaced" not in other["cache"]
 
 
 # ------------------------------------------------------------------------------------------- INT8
@@ -275,7 +286,8 @@ def test_cli_int8_report_and_usage_errors(static_tiny: Path, tmp_path: Path, cap
     assert "cls SQNR dB" in text and "lint: PASS" in text and f"arithmetic: {scoring.ARITHMETIC}" in text
     report = json.loads(rep.read_text())
     assert set(report["sqnr_db"]) == {f"{k}_p{lv}" for k in ("cls", "box") for lv in range(3, 8)}
-    assert report["lint"]["passed"] and report["cache"]["path"].endswith("m.int8.calib.json")
+    assert report["lint"]["passed"] and Path(report["cache"]["path"]).parent == cache.default_cache_dir() / "ranges"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.int8.onnx"]  # no cache beside it
     assert "map" not in report  # a plain folder has no annotations
     assert main([str(static_tiny), "--int8"]) == 2
     assert "needs a calibration set" in capsys.readouterr().err
@@ -291,7 +303,7 @@ def test_convert_precision_signature_used_by_trt_build(static_tiny: Path, tmp_pa
     report = convert_precision(static_tiny, "fp16", out, calib=str(folder), calib_images=2, seed=0, cache=None, method="max")
     assert report["lint"]["passed"] and report["calibration"]["images_used"] == 2
     assert report["fp16_overflow_nodes"] == []  # random tiny weights stay far below FP16's range
-    assert Path(report["cache"]["path"]) == tmp_path / "m.fp16.calib.json"
+    assert Path(report["cache"]["path"]).parent == cache.default_cache_dir() / "ranges"
     # trt-build passes its argparse values as they come: str paths are fine too
     named = convert_precision(str(static_tiny), "fp16", str(out), calib=str(folder), calib_images=2, seed=0,
                               cache=str(tmp_path / "named.json"), method="max")  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Calibration reruns reuse the cached ranges and the cached accuracy report; calibration never
-writes beside the user's model."""
+writes beside the user's model. (Reruns to another output and the cache folder itself:
+tests/test_calib_cache_dir.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from retinanet_trt.calib import cache, int8, report_cache, scoring, sets
+from retinanet_trt.calib import int8, report_cache, scoring, sets
 from retinanet_trt.calib.convert import ConvertOptions, convert
 
 
@@ -36,6 +37,11 @@ def _opts(**kw: Any) -> ConvertOptions:
     return ConvertOptions(**{**base, **kw})
 
 
+def _shared(tiny: Path) -> Path:
+    """The cache folder of the module fixtures `first` and `base` (each test has its own otherwise)."""
+    return tiny.parent / "cache"
+
+
 class _Calls:
     """Stands in for a function and counts calls; `fail` makes any call an error."""
 
@@ -53,20 +59,20 @@ class _Calls:
 def first(tiny: Path) -> tuple[Path, dict]:
     """One full run: mAP on 4 demo val images and the sensitivity sweep, so all of it is cached."""
     out = tiny.with_name("full.int8.onnx")
-    return out, convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True))
+    return out, convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True, cache_dir=_shared(tiny)))
 
 
 def test_rerun_reuses_ranges_and_report(tiny: Path, first: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out, report = first
     assert report["cache"]["report_reused"] is False and Path(report["cache"]["report_path"]).is_file()
-    assert Path(report["cache"]["report_path"]) == report_cache.report_cache_path(cache.default_cache_path(out))
+    assert Path(report["cache"]["report_path"]).parent == _shared(tiny) / "reports"
     before = out.stat().st_mtime_ns
     monkeypatch.setattr(scoring, "score", _Calls(scoring.score, fail=True))
     monkeypatch.setattr(int8, "calibrate", _Calls(int8.calibrate, fail=True))
     monkeypatch.setattr(int8, "quantize", _Calls(int8.quantize, fail=True))
     monkeypatch.setattr(sets, "_demo_images", _Calls(sets._demo_images, fail=True))  # nor draws the demo set
-    again = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True))
+    again = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True, cache_dir=_shared(tiny)))
     c = again["cache"]
     assert c["reused"] and c["report_reused"] and c["output_reused"] and "report_note" not in c
     for key in ("calibration", "sqnr_db", "levels", "map", "map_detail", "sensitivity", "arithmetic", "exclusions", "lint"):
@@ -86,7 +92,7 @@ def test_rerun_reuses_ranges_and_report(tiny: Path, first: tuple[Path, dict], mo
 def base(tiny: Path) -> Path:
     """A cheaper run (mAP on 2 images, no sweep) that each change below is made against."""
     out = tiny.with_name("base.int8.onnx")
-    convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=2))
+    convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=2, cache_dir=_shared(tiny)))
     return out
 
 
@@ -101,31 +107,33 @@ def base(tiny: Path) -> Path:
 ])
 def test_each_change_recomputes(tiny: Path, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 change: dict, part: str) -> None:
-    out = _copy_run(base, tmp_path)
+    out, folder = _copy_run(base, tmp_path)
     spy = _Calls(scoring.score)
     monkeypatch.setattr(scoring, "score", spy)
-    unchanged = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=2))
+    unchanged = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=2, cache_dir=folder))
     assert spy.count == 0 and unchanged["cache"]["report_reused"]  # the copy itself is reused
-    report = convert(tiny, "int8", out, _opts(**{"evaluate_map": True, "eval_images": 2, **change}))
+    report = convert(tiny, "int8", out, _opts(**{"evaluate_map": True, "eval_images": 2, "cache_dir": folder, **change}))
     assert spy.count == 1 and not report["cache"]["report_reused"]
     assert part in report["cache"]["report_note"], report["cache"]["report_note"]
 
 
 def test_turning_the_sweep_off_recomputes(tiny: Path, first: tuple[Path, dict], tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    out = _copy_run(first[0], tmp_path)
+    out, folder = _copy_run(first[0], tmp_path)
     spy = _Calls(scoring.score)
     monkeypatch.setattr(scoring, "score", spy)
-    report = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=False))
+    assert convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=True,
+                                            cache_dir=folder))["cache"]["report_reused"]
+    report = convert(tiny, "int8", out, _opts(evaluate_map=True, eval_images=4, sensitivity=False, cache_dir=folder))
     assert spy.count == 1 and "sensitivity" in report["cache"]["report_note"] and "sensitivity" not in report
 
 
-def _copy_run(out: Path, folder: Path) -> Path:
-    """The output and both caches of a run, copied into `folder`: each test changes its own copy."""
-    ranges = cache.default_cache_path(out)
-    for f in (out, ranges, report_cache.report_cache_path(ranges)):
-        shutil.copy2(f, folder / f.name)
-    return folder / out.name
+def _copy_run(out: Path, folder: Path) -> tuple[Path, Path]:
+    """The output of a module fixture's run and the cache folder, copied into `folder`: each test
+    changes its own copy. Returns (output, cache folder)."""
+    shutil.copy2(out, folder / out.name)
+    shutil.copytree(_shared(out), folder / "cache")
+    return folder / out.name, folder / "cache"
 
 
 def test_other_model_recomputes(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
