@@ -74,6 +74,7 @@ def test_seed_text_detector_1024_channels_exports_like_caffe_at_two_sizes(tmp_pa
     del result
     assert report["passed"] and _groups(out) == [1, 1]
     figures = {hw: _vs_reference(out, output_names(spec), layers, cf.seed_outputs(opts), hw) for hw in SIZES}
+    out.unlink()  # 700 MB
     print("\ncaffe seed port, 1024 ch, 1 class: ONNX vs NumPy Caffe max_rel "
           + ", ".join(f"{h}x{w} {v:.2e}" for (h, w), v in figures.items())
           + f" (port + import {built:.0f} s, total {time.perf_counter() - t0:.0f} s)")
