@@ -378,6 +378,15 @@ def _framework_scale(framework: str, original_hw: tuple[int, int]) -> float:
     return 1024 / long if long * scale > 1024 else scale
 
 
+def _unscale(framework: str, boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Boxes / the framework's scale where the meta is the framework's own resize of its image; a
+    hand-made meta (sizes the framework would not choose) has no such factor: per axis."""
+    scale = _framework_scale(framework, meta.original_hw)
+    if tuple(round(side * scale) for side in meta.original_hw) == tuple(meta.resized_hw):
+        return boxes / np.float32(scale)
+    return _scale_to_original(boxes, meta)
+
+
 def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.ndarray], meta: ImageMeta,
                          num_classes: int) -> RefDetections:
     """One image: cls[l] (A*K, H, W) logits and box[l] (A*4, H, W) deltas for P3..P7."""
@@ -406,7 +415,7 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
             out_s.append(scores[m, c][keep])
             out_l.append(np.full(len(keep), c))
         b_, s_, l_ = (np.concatenate(x) for x in (out_b, out_s, out_l))
-        b_ = b_ / np.float32(_framework_scale(fw, meta.original_hw))  # coco_eval: boxes /= scale
+        b_ = _unscale(fw, b_, meta)  # coco_eval: boxes /= scale
         return RefDetections(b_, s_, np.array(COCO_IDS)[l_])
 
     cand_b, cand_s, cand_l = [], [], []
@@ -425,7 +434,7 @@ def reference_detections(framework: str, cls: list[np.ndarray], box: list[np.nda
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, rw - 1)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, rh - 1)
         elif fw == "detectron":  # divide by the image scale, clip to the original image
-            boxes = boxes / np.float32(_framework_scale(fw, meta.original_hw))
+            boxes = _unscale(fw, boxes, meta)
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, meta.original_hw[1] - 1)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, meta.original_hw[0] - 1)
         cand_b.append(boxes)
