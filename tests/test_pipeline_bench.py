@@ -70,10 +70,13 @@ def test_trt_bench_simulate_device_reports_steps_and_throughput_labelled_a_simul
                                                                     "postprocess"}
     assert report["preprocess_ms"]["float_over_uint8"] > 0
     rows = report["throughput"]
-    assert {(r["input"], r["overlap"]) for r in rows} == {("float", "off"), ("float", "on"), ("uint8", "off"), ("uint8", "on")}
+    assert {(r["device_ms"], r["input"], r["overlap"]) for r in rows} == {
+        (0.0, "float", "on"), (0.0, "uint8", "on"),  # the host steps alone: the measured host capacity
+        (1.0, "float", "off"), (1.0, "float", "on"), (1.0, "uint8", "off"), (1.0, "uint8", "on")}
     for r in rows:
         assert r["device"].startswith("simulated") and r["images_per_s"]["median"] > 0
-        assert r["bound_images_per_s"] == min(1000.0, r["host_bound"])
+        assert r["bound_images_per_s"] == min(1000.0 if r["device_ms"] else r["host_bound"], r["host_bound"])
+        assert r["bound_with_measured_host"] <= r["measured_host_capacity"]
     with pytest.raises(SystemExit):
         bench_cli.build_parser().parse_args([str(static_pair[0]), "--simulate-device"])
     assert bench_cli.main([str(static_pair[0]), "--workers", "2"]) == 2
