@@ -8,6 +8,7 @@ itself refuses, and names outside the alias table, each refused in one line."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -131,8 +132,12 @@ def test_seed_port_names_dataflow_and_notes(tmp_path: Path, capsys: pytest.Captu
     assert compare_outputs(ref, theirs)["cls_p6"]["max_rel"] > 1e-2
     assert compare_outputs(ref, theirs)["cls_p5"]["max_rel"] <= 1e-5  # only the P6 head reads it
     out = tmp_path / "cli.onnx"
-    assert export_main([str(tmp_path / "seed.caffemodel"), "--input-size", "64", "96", "-o", str(out), "--quiet"]) == 0
-    assert "PASS" in capsys.readouterr().out
+    report = tmp_path / "cli.json"
+    assert export_main([str(tmp_path / "seed.caffemodel"), "--input-size", "64", "96", "-o", str(out),
+                        "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "trt-export: import: " in printed and "the head reads relu(P6)" in printed
+    assert any("the head reads relu(P6)" in note for note in json.loads(report.read_text())["import_notes"])
     assert _vs_reference(out, output_names(spec), layers, cf.seed_outputs(SMALL), (64, 96)) <= 1e-4
 
 

@@ -142,7 +142,8 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
             spec = result.spec
             model = build_model(spec)
             model.load_state_dict(result.state_dict, strict=True)
-            info = {"checkpoint": str(args.checkpoint), "source": result.source}
+            # The importer's remarks (e.g. how a Caffe port's dataflow differs from its framework's).
+            info = {"checkpoint": str(args.checkpoint), "source": result.source, "import_notes": list(result.notes)}
         else:
             from retinanet_trt.demo import load_demo
 
@@ -226,6 +227,10 @@ def _main(argv: list[str] | None) -> int:
         from retinanet_trt.export.uint8_input import uint8_input_file
 
         report["uint8_input"] = uint8_input_file(args.output, args.output)
+    report["import_notes"] = info.get("import_notes", [])
+    if not args.quiet:
+        for note in report["import_notes"]:
+            print(f"trt-export: import: {note}")
     if not args.dynamic:
         report["resize_fit"] = fixed_input_fit(spec.preprocess, input_hw)
         if not args.quiet:
