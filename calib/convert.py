@@ -18,7 +18,7 @@ import onnx
 
 from retinanet_trt.calib import budget, cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info, resolve_spec, set_metadata
+from retinanet_trt.export.metadata import load_onnx, read_info, resolve_spec, set_metadata
 from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.versions import package_versions
@@ -70,14 +70,15 @@ class _Model:
 
 
 def _open_model(path: Path, spec: ModelSpec | None = None) -> _Model:
-    spec = resolve_spec(path, spec=spec)  # UsageError for a missing or unreadable file, or one without a spec
-    proto = onnx.load(str(path))
-    info = read_info(proto)
-    if info.get("precision", "fp32") != "fp32":
-        raise UsageError(f"{path} is already {info['precision']}; convert the FP32 export instead")
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+    header = load_onnx(path)  # UsageError for a missing or unreadable file
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in header.graph.node):
         raise UsageError(f"{path} already holds Q/DQ nodes; convert the FP32 export instead (to score it "
                          "against that file: trt-calib THIS.onnx --onnx FP32.onnx)")
+    info = read_info(header)
+    if info.get("precision", "fp32") != "fp32":
+        raise UsageError(f"{path} is already {info['precision']}; convert the FP32 export instead")
+    spec = resolve_spec(header, spec=spec, where=str(path))  # UsageError for a file without a spec
+    proto = onnx.load(str(path))  # with its external data, if any
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     input_hw = (static[2], static[3]) if static[2] and static[3] else None
@@ -291,7 +292,7 @@ def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[
     it has annotations, the lint), with nothing written. The precision is read from the graph, and
     every figure is computed in simulated Q/DQ. opts.spec: the spec when neither file carries one."""
     from retinanet_trt.build import detect_precision
-    from retinanet_trt.export.metadata import io_mismatch, load_onnx
+    from retinanet_trt.export.metadata import io_mismatch
 
     t_start = time.perf_counter()
     ref = _open_model(reference, opts.spec)  # the FP32 file: UsageError when it is not one

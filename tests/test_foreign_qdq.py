@@ -187,15 +187,78 @@ def test_detector_load_takes_spec_or_onnx(files: dict[str, Path]) -> None:
         assert fused.backend.arithmetic == FUSED
 
 
+def test_trt_calib_scores_another_tools_file(files: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from retinanet_trt.cli.calib import main as calib_main
+
+    js = tmp_path / "r.json"
+    code = calib_main([str(files["ort"]), "--onnx", str(files["fp32"]), "--calib", "demo", "--calib-images", "4",
+                       "--eval-images", "6", "--quiet", "--json", str(js)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert f"arithmetic: {SIMULATED_LABEL}" in printed.out and "scored " in printed.out
+    report = json.loads(js.read_text())
+    assert report["scored_only"] and report["precision"] == "int8" and report["arithmetic"] == SIMULATED_LABEL
+    assert report["map_detail"]["arithmetic"] == SIMULATED_LABEL and report["map_detail"]["images"] == 6
+    assert report["map"]["fp32"] > 0.3 and abs(report["map"]["int8"] - report["map"]["fp32"]) < 0.05
+    assert min(report["sqnr_db"].values()) > 15 and "passed" in report["lint"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # nothing else written
+    # with --spec for a reference without metadata of its own, the same figures
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(files["fp32"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    js2 = tmp_path / "r2.json"
+    assert calib_main([str(files["ort"]), "--onnx", str(bare), "--spec", str(files["spec"]), "--quiet", "--json", str(js2)]) == 0
+    assert json.loads(js2.read_text())["sqnr_db"] == report["sqnr_db"]
+    capsys.readouterr()
+    for argv, needle in [
+        ([str(files["ort"]), "--onnx", str(files["fp32"]), "-o", str(tmp_path / "x.onnx")], "-o does not apply"),
+        ([str(files["ort"]), "--onnx", str(files["fp32"]), "--fp16"], "computes in int8"),
+        ([str(files["ort"]), "--onnx", str(files["ort"])], "already holds Q/DQ"),
+        ([str(files["fp32"]), "--onnx", str(files["fp32"])], "no Q/DQ nodes"),
+        ([str(files["ort"]), "--int8", "--calib", "demo"], "--onnx FP32.onnx"),
+        ([str(files["ort"])], "give --int8 or --fp16"),
+    ]:
+        _one_line_error(capsys, calib_main, argv, needle)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def modelopt_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The FP32 file tests/data/tiny_modelopt_int8.onnx was quantized from, exported again as
+    `benchmarks/modelopt_compare.py --fixture` does (fixture_spec: tiny, width 8, FPN/head 16, seed 0)."""
+    from retinanet_trt.export.pipeline import ExportOptions, export_onnx
+    from retinanet_trt.model import build_model
+    from retinanet_trt.presets import get_preset
+
+    spec = get_preset("tiny")
+    spec.preprocess.min_size, spec.preprocess.max_size = 128, 160
+    spec.backbone.stem_channels, spec.backbone.width_per_group = 8, 8
+    spec.fpn.out_channels = spec.head.channels = 16
+    path = tmp_path_factory.mktemp("modelopt") / "tiny.onnx"
+    export_onnx(build_model(spec, seed=0), spec, path, ExportOptions(input_hw=(128, 160)))
+    return path
+
+
 @pytest.mark.skipif(not MODELOPT_FIXTURES, reason="no ModelOpt fixture in tests/data (written by the benchmarks/ script)")
 @pytest.mark.parametrize("fixture", MODELOPT_FIXTURES, ids=[p.name for p in MODELOPT_FIXTURES])
-def test_modelopt_fixture_scores_in_simulated_arithmetic(fixture: Path, files: dict[str, Path], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from retinanet_trt.export.metadata import io_mismatch
+def test_modelopt_file_runs_in_simulated_arithmetic(fixture: Path, modelopt_source: Path, photo: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """ModelOpt's output carries no retinanet_trt metadata: with --onnx (or --spec) it runs through
+    trt-eval, trt-infer and trt-calib's report, scored in simulated Q/DQ, and each says so."""
+    from retinanet_trt.cli.calib import main as calib_main
 
     model = onnx.load(str(fixture), load_external_data=False)
-    if io_mismatch(model, onnx.load(str(files["fp32"]), load_external_data=False)):
-        pytest.skip(f"{fixture.name} was quantized from another FP32 file than the demo export")
-    assert has_qdq(model)
-    stats = _eval(capsys, tmp_path, fixture, "--onnx", str(files["fp32"]))
-    assert stats["arithmetic"] == SIMULATED_LABEL and stats["AP"] > 0.3
+    assert has_qdq(model) and not any(p.key.startswith("retinanet_trt") for p in model.metadata_props)
+    spec_file = tmp_path / "tiny.spec.json"
+    spec_file.write_text(read_spec(modelopt_source).to_json())
+    for how in (["--onnx", str(modelopt_source)], ["--spec", str(spec_file)]):
+        stats = _eval(capsys, tmp_path, fixture, *how)
+        assert stats["arithmetic"] == SIMULATED_LABEL and stats["num_images"] == 6
+        _infer(capsys, tmp_path / f"infer{len(how[1])}", fixture, photo, *how)
+    js = tmp_path / "r.json"
+    assert calib_main([str(fixture), "--onnx", str(modelopt_source), "--quiet", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert report["arithmetic"] == SIMULATED_LABEL and report["precision"] == "int8"
+    assert min(report["sqnr_db"].values()) > 15, report["sqnr_db"]  # it is this network, quantized

@@ -50,6 +50,10 @@ def read_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> ModelS
     """
     model = load_onnx(model_or_path)
     where = model_or_path if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model"
+    return _stored_spec(model, str(where))
+
+
+def _stored_spec(model: onnx.ModelProto, where: str) -> ModelSpec:
     props = {p.key: p.value for p in model.metadata_props}
     if SPEC_KEY not in props:
         raise UsageError(f"{where} has no retinanet_trt spec in its metadata; export it with trt-export, or for a "
@@ -153,15 +157,16 @@ def io_mismatch(model: onnx.ModelProto, reference: onnx.ModelProto) -> str | Non
 
 
 def resolve_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str], *, spec: ModelSpec | None = None,
-                 onnx_file: str | os.PathLike[str] | None = None) -> ModelSpec:
+                 onnx_file: str | os.PathLike[str] | None = None, where: str | None = None) -> ModelSpec:
     """The spec a runner uses for an ONNX file: `spec` when given (a file another tool wrote, e.g.
     ModelOpt's or ORT's quantizer output, carries none), else the one stored in `onnx_file` (the
     FP32 file it was quantized from: the two graphs' inputs and outputs must agree), else the
-    file's own (read_spec). The spec is checked against the graph's outputs; UsageError otherwise."""
+    file's own (read_spec). The spec is checked against the graph's outputs; UsageError otherwise.
+    where: what messages call the model (default: its path)."""
     if spec is not None and onnx_file is not None:
         raise UsageError("give the spec either as --spec SPEC.json or as --onnx FP32.onnx, not both")
     model = load_onnx(model_or_path)
-    where = str(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model"
+    where = where or (str(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else "the ONNX model")
     if onnx_file is not None:
         reference = load_onnx(onnx_file)
         differ = io_mismatch(model, reference)
@@ -170,6 +175,6 @@ def resolve_spec(model_or_path: onnx.ModelProto | str | os.PathLike[str], *, spe
                              "give the FP32 file this one was made from")
         spec = read_spec(reference)
     if spec is None:
-        return read_spec(model)
+        return _stored_spec(model, where)
     check_spec_matches_outputs(spec, model, where)
     return spec
