@@ -52,10 +52,12 @@ class ConvertOptions:
 
 
 def convert_precision(src_onnx: Path, precision: str, out_onnx: Path, *, calib: str | None, calib_images: int,
-                      seed: int, cache: Path | None, method: str, progress: bool = True) -> dict[str, Any]:
-    """Write an FP16 or INT8 copy of src_onnx to out_onnx; return the accuracy report (see convert)."""
+                      seed: int, cache: Path | None, method: str, progress: bool = True,
+                      spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Write an FP16 or INT8 copy of src_onnx to out_onnx; return the accuracy report (see convert).
+    spec: for a source without this project's metadata (trt-build --spec / --onnx)."""
     opts = ConvertOptions(calib=calib, calib_images=calib_images, seed=seed,
-                          cache=Path(cache) if cache is not None else None, method=method, progress=progress)
+                          cache=Path(cache) if cache is not None else None, method=method, progress=progress, spec=spec)
     return convert(Path(src_onnx), precision, Path(out_onnx), opts)
 
 

@@ -23,8 +23,9 @@ import onnx
 
 from retinanet_trt import __version__
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import load_onnx, read_info, read_spec
+from retinanet_trt.export.metadata import load_onnx, read_info, resolve_spec
 from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
+from retinanet_trt.spec import ModelSpec
 from retinanet_trt.trt_engine import Profile, ShapeRange
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -157,10 +158,13 @@ def build_engine(
     plugin_libs: Sequence[str | os.PathLike[str]] = (),
     calib_cache: str | os.PathLike[str] | None = None,
     verbose: bool = False,
+    spec: ModelSpec | None = None,
 ) -> dict[str, Any]:
     """Build `onnx_path` into `out_engine` plus its sidecar and layer JSON; return the sidecar dict.
 
     precision: what the ONNX file holds (None: read it from the graph); a mismatch is a UsageError.
+    spec: for an ONNX without this project's metadata (another quantizer's output; checked against
+    the graph's outputs); the sidecar carries it, so the engine describes itself.
     Raises UsageError for bad inputs (before any TensorRT work), TrtUnavailable without TensorRT or
     a GPU, TrtError when TensorRT rejects the model. Never leaves a partial engine behind.
     """
@@ -168,7 +172,7 @@ def build_engine(
 
     onnx_file = Path(onnx_path)
     model = load_onnx(onnx_file)
-    spec = read_spec(model)
+    spec = resolve_spec(model, spec=spec, where=str(onnx_file))
     found = detect_precision(model)
     if precision is not None and precision != found:
         raise UsageError(f"{onnx_file} holds a model in {found}, not {precision}")

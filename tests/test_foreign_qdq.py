@@ -262,3 +262,25 @@ def test_modelopt_file_runs_in_simulated_arithmetic(fixture: Path, modelopt_sour
     report = json.loads(js.read_text())
     assert report["arithmetic"] == SIMULATED_LABEL and report["precision"] == "int8"
     assert min(report["sqnr_db"].values()) > 15, report["sqnr_db"]  # it is this network, quantized
+
+
+def test_trt_build_takes_another_tools_file_with_onnx_or_spec(files: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from retinanet_trt.cli.build import main as build_main
+    from retinanet_trt.trt_engine import available
+
+    ort = str(files["ort"])
+    _one_line_error(capsys, build_main, [ort, "-o", str(tmp_path / "x.engine")], "--spec SPEC.json or --onnx")
+    if not available()[0]:  # past the spec: what is left is the missing TensorRT
+        for how in (["--onnx", str(files["fp32"])], ["--spec", str(files["spec"])]):
+            _one_line_error(capsys, build_main, [ort, *how, "-o", str(tmp_path / "x.engine")], "cannot build an engine here")
+    assert not (tmp_path / "x.engine").exists()
+    # an FP32 file without metadata converts with --spec, and the INT8 file it writes describes itself
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(files["fp32"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    out = tmp_path / "bare.int8.onnx"
+    assert build_main([str(bare), "--int8", "--calib", "demo", "--calib-images", "2", "--onnx-only", "--spec",
+                       str(files["spec"]), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert read_spec(out).to_dict() == read_spec(files["fp32"]).to_dict() and has_qdq(out)

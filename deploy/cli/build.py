@@ -11,15 +11,17 @@ from typing import Any
 from retinanet_trt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
 from retinanet_trt.cli.common import (
     EXIT_USAGE,
+    add_engine_spec_args,
     add_progress_arg,
     check_count,
     make_parser,
+    read_spec_file,
     run_main,
     seed,
     show_progress,
 )
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import load_onnx, read_spec
+from retinanet_trt.export.metadata import load_onnx, resolve_spec
 from retinanet_trt.fileio import check_outputs
 from retinanet_trt.trt_engine import ShapeRange, TrtError, TrtUnavailable, available
 
@@ -31,6 +33,7 @@ EXAMPLES = """\
   trt-build dyn.onnx --fp16 --shapes 1x3x320x320/1x3x480x640/4x3x800x1088 --timing-cache trt.cache
   trt-build dyn.onnx --shapes 1x3x480x640/1x3x480x640/1x3x480x640 --shapes 1x3x800x1088/1x3x800x1088/1x3x800x1088
   trt-build m.onnx --fp16 --dla-core 0 --gpu-fallback --workspace 1           # Jetson Orin DLA
+  trt-build modelopt.int8.onnx --onnx m.onnx          # another quantizer's file: the spec from its FP32 source
 """
 
 _DIMS = re.compile(r"^[1-9]\d*(x[1-9]\d*)*$")
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-lib", type=Path, action="append", default=[], metavar="PATH",
                    help="plugin shared library to load before parsing (repeatable)")
     p.add_argument("--onnx-only", action="store_true", help="write the FP16/INT8 ONNX and stop (no TensorRT needed)")
+    add_engine_spec_args(p)
     p.add_argument("--verbose", action="store_true", help="print TensorRT's warnings")
     add_progress_arg(p)
     return p
@@ -115,7 +119,7 @@ def _output_paths(args: argparse.Namespace, precision: str) -> tuple[Path, Path]
     return engine, precision_onnx
 
 
-def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def convert(src: Path, precision: str, out: Path, args: argparse.Namespace, spec: Any = None) -> dict[str, Any]:
     """Make the FP16 / INT8 ONNX with retinanet_trt.calib (imported here: only --fp16/--int8 need it)."""
     from retinanet_trt.calib.convert import convert_precision
 
@@ -129,6 +133,7 @@ def convert(src: Path, precision: str, out: Path, args: argparse.Namespace) -> d
         cache=args.calib_cache,
         method=args.calib_method or CALIB_METHODS[0],
         progress=show_progress(args),
+        spec=spec,
     )
 
 
@@ -153,7 +158,9 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("--onnx-only writes the FP16 or INT8 ONNX; add --fp16 or --int8")
     # Check everything about the source and the options before any long conversion or build.
     source = load_onnx(args.model)
-    read_spec(source)
+    # --spec / --onnx: for a file without this project's metadata (e.g. another quantizer's output)
+    spec = resolve_spec(source, spec=read_spec_file(args.spec) if args.spec else None, onnx_file=args.onnx,
+                        where=str(args.model))
     found = detect_precision(source)
     if found != "fp32" and precision != "fp32" and found != precision:
         raise UsageError(f"{args.model} is already {found}; pass the FP32 ONNX from trt-export")
@@ -179,6 +186,7 @@ def _main(argv: list[str] | None) -> int:
          "the engine sidecar": None if args.onnx_only else Path(f"{engine_path}.json"),
          "--timing-cache": args.timing_cache, "--calib-cache": args.calib_cache},
         {"MODEL": args.model, "--calib": args.calib if args.calib and Path(args.calib).is_file() else None,
+         "--onnx": args.onnx, "--spec": args.spec,
          **{f"--plugin-lib {i}": lib for i, lib in enumerate(args.plugin_lib)}},
     )
 
@@ -191,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
 
     onnx_for_build, calib_cache = args.model, None
     if needs_conversion:
-        report = convert(args.model, precision, precision_onnx, args)
+        report = convert(args.model, precision, precision_onnx, args, spec if args.spec or args.onnx else None)
         print(accuracy_line(report))
         onnx_for_build = precision_onnx
         cache_file = Path(report.get("cache", {}).get("path") or args.calib_cache or "")
@@ -213,6 +221,7 @@ def _main(argv: list[str] | None) -> int:
         plugin_libs=args.plugin_lib,
         calib_cache=calib_cache,
         verbose=args.verbose,
+        spec=spec if (args.spec or args.onnx) and onnx_for_build == args.model else None,
     )
     print(
         f"wrote {engine_path} ({sidecar['engine_bytes'] / 2**20:.1f} MiB, {sidecar['precision']}, TensorRT "
