@@ -6,8 +6,10 @@
         dets = det("a.jpg")                                   # one image -> one Detections
         results = det(["a.jpg", pil_image, hwc_array])        # a list -> list[Detections]
 
-Models: an ONNX file, a TensorRT engine (with trt-build's sidecar, or `spec=` / `onnx=` for one
-built by trtexec or Polygraphy), a framework checkpoint, or "demo".
+Models: an ONNX file (another tool's without this project's metadata, e.g. ModelOpt's or ORT's
+quantizer output, with `spec=` or `onnx=` the FP32 file it was made from), a TensorRT engine (with
+trt-build's sidecar, or `spec=` / `onnx=` for one built by trtexec or Polygraphy), a framework
+checkpoint, or "demo".
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ class Detector:
              score_threshold: float | None = None, **options: Any) -> Detector:
         """model: an ONNX file, a TensorRT engine, a framework checkpoint, or 'demo'.
 
-        options go to the backend: threads (ORT), device / cuda_graph / plugin_libs and, for an
-        engine without a sidecar, spec (a ModelSpec) or onnx (the ONNX it was built from) (trt).
+        options go to the backend: threads and arithmetic (ORT: "simulated" runs Q/DQ as written,
+        the arithmetic trt-eval scores a file whose graph quantizes in), device / cuda_graph /
+        plugin_libs (trt) and, for an engine without a sidecar or an ONNX without this project's
+        metadata, spec (a ModelSpec) or onnx (the ONNX it was built or quantized from; the inputs
+        and outputs must agree).
         """
         model = os.fspath(model)
         backend = backend or default_backend(model)
