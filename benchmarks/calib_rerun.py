@@ -1,20 +1,25 @@
-"""The same `trt-calib --int8` command run twice: first run vs rerun (ranges and report from the caches).
+"""The same `trt-calib --int8` command run three times: first run, rerun to the same output, rerun to another output.
 
     python benchmarks/calib_rerun.py demo --json benchmarks/results/precision_cache_reuse_demo.json
     python benchmarks/calib_rerun.py r50 --no-map-only --json benchmarks/results/precision_cache_reuse_r50_random.json
 
-The model is exported fresh (benchmarks/precision_models.py) into an empty folder, so the first
-run starts with no caches. Each pair is the command run twice in a row in its own process, so
-the wall time includes start-up; the reports' times_s give the same split inside the process.
-A pair with mAP (the default of trt-calib) and one with --no-map are recorded for each model
-unless --no-map-only. Recorded: wall and in-process seconds of both runs, their ratio, the
-reuse flags, whether the two reports hold the same scores, versions, CPU model and flags.
+The model is exported fresh (benchmarks/precision_models.py) into an empty folder, and each triple
+gets an empty cache folder of its own ($RETINANET_TRT_CACHE_DIR), so the first run starts with no
+caches. Then the same command runs again with the same -o (the output is left as it is), then
+with -o in another folder under another name (the output's name is no input: the ranges and the
+report come from the content-addressed cache, and only the file is written again). Each run is
+its own process, so the wall time includes start-up; the reports' times_s give the split inside
+the process. A triple with mAP (the default of trt-calib) and one with --no-map are recorded for
+each model unless --no-map-only. Recorded: wall and in-process seconds of the runs, the speed-up
+of each rerun over the first, the reuse flags, whether the reports hold the same scores, whether
+the two outputs have the same bytes, versions, CPU model and flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,32 +36,41 @@ from retinanet_trt.versions import cpu_flags, package_versions  # noqa: E402
 SCORES = ("sqnr_db", "levels", "map", "sensitivity")
 
 
-def run_pair(model: Path, work: Path, label: str, extra: list[str]) -> dict[str, Any]:
-    """The command twice; wall and report times of each run."""
-    out = work / f"{label}.int8.onnx"
+def run_triple(model: Path, work: Path, label: str, extra: list[str]) -> dict[str, Any]:
+    """The command three times (first, same -o, another -o); wall and report times of each run."""
+    same = work / f"{label}.int8.onnx"
+    other_dir = work / f"{label}-elsewhere"
+    other_dir.mkdir()
+    other = other_dir / "renamed.onnx"
+    env = {**os.environ, "RETINANET_TRT_CACHE_DIR": str(work / f"cache-{label}")}
     runs, reports = [], []
-    for i in (1, 2):
+    for i, out in enumerate((same, same, other), start=1):
         report_path = work / f"{label}.run{i}.json"
         cmd = [sys.executable, "-m", "retinanet_trt.cli.calib", str(model), "--int8", "--calib", "demo",
                "--quiet", "-o", str(out), "--json", str(report_path), *extra]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
         r = json.loads(report_path.read_text())
         reports.append(r)
-        runs.append({"wall_s": round(wall, 3), "ranges_reused": r["cache"]["reused"],
+        runs.append({"output": "first" if i == 1 else "same -o" if i == 2 else "another -o (other folder and name)",
+                     "wall_s": round(wall, 3), "ranges_reused": r["cache"]["reused"],
                      "report_reused": r["cache"].get("report_reused", False),
                      "output_reused": r["cache"].get("output_reused", False), "times_s": r["times_s"],
                      "printed": [line for line in proc.stdout.splitlines() if line.startswith(("cache:", "scores:"))]})
-    first, rerun = runs
+    first = runs[0]
     return {
-        "command": "trt-calib MODEL --int8 --calib demo --quiet -o OUT --json R " + " ".join(extra) + " (twice)",
+        "command": "trt-calib MODEL --int8 --calib demo --quiet -o OUT --json R " + " ".join(extra)
+                   + " (three times: OUT, OUT again, then another folder and name)",
         "runs": runs,
-        "speedup_wall": first["wall_s"] / rerun["wall_s"],
-        "speedup_in_process": first["times_s"]["total_s"] / rerun["times_s"]["total_s"],
-        "same_scores": all(reports[0].get(k) == reports[1].get(k) for k in SCORES),
+        "speedup_wall_same_output": first["wall_s"] / runs[1]["wall_s"],
+        "speedup_wall_another_output": first["wall_s"] / runs[2]["wall_s"],
+        "speedup_in_process_same_output": first["times_s"]["total_s"] / runs[1]["times_s"]["total_s"],
+        "speedup_in_process_another_output": first["times_s"]["total_s"] / runs[2]["times_s"]["total_s"],
+        "same_scores": all(reports[0].get(k) == r.get(k) for r in reports[1:] for k in SCORES),
+        "same_output_bytes": same.read_bytes() == other.read_bytes(),
         "arithmetic": reports[0]["arithmetic"],
     }
 
@@ -69,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     record: dict[str, Any] = {
-        "benchmark": "trt-calib rerun: first run vs the same command again (ranges and accuracy report from the caches)",
-        "model": DESCRIBE[args.model], "calib_images": args.calib_images, "method": "minmax", "pairs": {},
+        "benchmark": "trt-calib rerun: first run vs the same command again, to the same output and to another one "
+                     "(ranges and accuracy report from the content-addressed cache)",
+        "model": DESCRIBE[args.model], "calib_images": args.calib_images, "method": "minmax", "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="retinanet_trt.rerun.") as tmp:
         work = Path(tmp)
@@ -78,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         base = ["--calib-images", str(args.calib_images)]
         pairs = {"no_map": base + ["--no-map"]} if args.no_map_only else {"with_map_100_images": base, "no_map": base + ["--no-map"]}
         for label, extra in pairs.items():
-            record["pairs"][label] = pair = run_pair(model, work, label, extra)
-            print(f"{args.model} {label}: first {pair['runs'][0]['wall_s']:.2f} s, rerun {pair['runs'][1]['wall_s']:.2f} s wall "
-                  f"({pair['speedup_wall']:.1f}x; in process {pair['runs'][0]['times_s']['total_s']:.2f} -> "
-                  f"{pair['runs'][1]['times_s']['total_s']:.2f} s, {pair['speedup_in_process']:.1f}x), "
-                  f"same scores: {pair['same_scores']}")
+            record["runs"][label] = t = run_triple(model, work, label, extra)
+            first, same, other = t["runs"]
+            print(f"{args.model} {label}: first {first['wall_s']:.2f} s, same -o {same['wall_s']:.2f} s "
+                  f"({t['speedup_wall_same_output']:.1f}x), another -o {other['wall_s']:.2f} s "
+                  f"({t['speedup_wall_another_output']:.1f}x) wall; in process {first['times_s']['total_s']:.2f} / "
+                  f"{same['times_s']['total_s']:.2f} / {other['times_s']['total_s']:.2f} s; same scores: {t['same_scores']}, "
+                  f"same bytes: {t['same_output_bytes']}")
     record["versions"] = package_versions()
     record["cpu_flags"] = cpu_flags()
     record["date"] = time.strftime("%Y-%m-%d %H:%M:%S")

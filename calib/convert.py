@@ -87,7 +87,7 @@ def _open_model(path: Path, spec: ModelSpec | None = None) -> _Model:
     return _Model(path, proto, spec, info, input_hw, static[0] or 1)
 
 
-def _calibration(model: _Model, opts: ConvertOptions, out: Path, method: str, timings: dict[str, float]
+def _calibration(model: _Model, opts: ConvertOptions, method: str, timings: dict[str, float]
                  ) -> tuple[sets.CalibSource, sets.CalibImages, dict[str, Any], dict[str, Any]]:
     """(source, images, ranges, cache report): ranges come from the cache when its key matches."""
     source = sets.open_calib_set(opts.calib or "", opts.image_root)
@@ -235,7 +235,7 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     if opts.budget is not None and opts.calib:  # before calibrating for minutes
         opts.budget.check_set(sets.open_calib_set(opts.calib, opts.image_root))
     if opts.calib:
-        source, images, ranges, cache_info = _calibration(model, opts, out, method, timings)
+        source, images, ranges, cache_info = _calibration(model, opts, method, timings)
     report["cache"] = cache_info
 
     # A report cached for the same inputs and these exact output bytes is reused as it is: from the
