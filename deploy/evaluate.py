@@ -132,18 +132,18 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
     compute_ms: list[float] = []
     shrunk = []
     paths = [images_dir / coco.imgs[image_id]["file_name"] for image_id in image_ids]
-    stream = detector.stream(paths, **pipeline)
-    for r in tqdm(stream, total=len(paths), desc="eval", unit="img", disable=not progress, leave=False):
-        if isinstance(r.error, ImageLoadError):
-            failures.append({"file": str(paths[r.index]), "error": str(r.error)})
-            continue
-        if r.error is not None:  # not the image's fault (e.g. a shape the engine cannot take): stop, as before
-            raise r.error
-        assert r.detections is not None and r.meta is not None
-        compute_ms.append(r.times_ms.get("compute", 0.0))
-        if r.meta.shrunk:
-            shrunk.append(r.meta)
-        results.extend(detections_to_coco(r.detections, image_ids[r.index]))
+    with contextlib.closing(detector.stream(paths, **pipeline)) as stream:  # the workers stop with the loop
+        for r in tqdm(stream, total=len(paths), desc="eval", unit="img", disable=not progress, leave=False):
+            if isinstance(r.error, ImageLoadError):
+                failures.append({"file": str(paths[r.index]), "error": str(r.error)})
+                continue
+            if r.error is not None:  # not the image's fault (e.g. a shape the engine cannot take): stop, as before
+                raise r.error
+            assert r.detections is not None and r.meta is not None
+            compute_ms.append(r.times_ms.get("compute", 0.0))
+            if r.meta.shrunk:
+                shrunk.append(r.meta)
+            results.extend(detections_to_coco(r.detections, image_ids[r.index]))
     if len(failures) == len(image_ids):
         raise UsageError(f"none of the {len(image_ids)} images under {images_dir} could be read (first: {failures[0]['error']})")
     scored = coco_map(coco, results)

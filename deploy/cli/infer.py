@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,17 @@ def detect_paths(detector: Detector, paths: list[Path], *, staging: Path | None 
     results: list[dict[str, Any]] = []
     failures: list[LoadFailure] = []
     metas: list[ImageMeta] = []
-    stream = detector.stream(paths, on_result=annotate if staging is not None else None, **pipeline)
-    for r in tqdm(stream, total=len(paths), desc="infer", unit="img", disable=len(paths) < 2 or not progress):
-        path = paths[r.index]
-        if r.error is not None:  # unreadable, or e.g. 20000x1 pixels: no size the spec's resize can make of it
-            failures.append(LoadFailure(str(path), str(r.error)))
-            continue
-        assert r.detections is not None and r.meta is not None
-        metas.append(r.meta)
-        results.extend({**e, "annotated": r.extra, "shrunk_to_fit": r.meta.shrunk}
-                       for e in detections_to_coco(r.detections, r.index + 1, file_name=str(path)))
+    # closing: on Ctrl-C or an error here the workers stop before the staged folder is removed
+    with closing(detector.stream(paths, on_result=annotate if staging is not None else None, **pipeline)) as stream:
+        for r in tqdm(stream, total=len(paths), desc="infer", unit="img", disable=len(paths) < 2 or not progress):
+            path = paths[r.index]
+            if r.error is not None:  # unreadable, or e.g. 20000x1 pixels: no size the spec's resize can make of it
+                failures.append(LoadFailure(str(path), str(r.error)))
+                continue
+            assert r.detections is not None and r.meta is not None
+            metas.append(r.meta)
+            results.extend({**e, "annotated": r.extra, "shrunk_to_fit": r.meta.shrunk}
+                           for e in detections_to_coco(r.detections, r.index + 1, file_name=str(path)))
     return results, failures, metas
 
 
