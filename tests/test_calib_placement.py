@@ -282,20 +282,66 @@ def test_ranges_do_not_depend_on_batching_or_order(block_file: tuple[Path, list[
         assert float(data["x"]["highest"]["data"][0]) <= peak + 1e-6
 
 
-def test_histogram_thresholds_equal_onnx_runtimes_choice() -> None:
+def _pytorch_quantization_amax(calib_hist: np.ndarray, calib_bin_edges: np.ndarray, stride: int = 1,
+                               start_bin: int = 128) -> float:
+    """pytorch-quantization's calib.histogram._compute_amax_entropy (num_bits 8, signed), loop by loop."""
+    from collections import Counter
+
+    def normalize(d: np.ndarray) -> None:
+        d /= d.sum()
+
+    def kl(p: np.ndarray, q: np.ndarray) -> float:  # scipy.stats.entropy
+        p, q = p / p.sum(), q / q.sum()
+        if np.any((p > 0) & (q == 0)):
+            return np.inf
+        m = p > 0
+        return float(np.sum(p[m] * np.log(p[m] / q[m])))
+
+    bins = calib_hist.astype(np.float64).copy()
+    bins[0] = bins[1]
+    nbins = 128
+    divergences, new_density_counts = [], np.zeros(nbins, dtype=np.float64)
+    for i in range(start_bin, len(bins) + 1, stride):
+        new_density_counts.fill(0)
+        space = np.linspace(0, i, num=nbins + 1)
+        digitized_space = np.digitize(range(i), space) - 1
+        digitized_space[bins[:i] == 0] = -1
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density_counts[digitized] += bins[idx]
+        for key, val in Counter(digitized_space).items():
+            if key != -1:
+                new_density_counts[key] = new_density_counts[key] / val
+        new_density = np.zeros(i, dtype=np.float64)
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density[idx] = new_density_counts[digitized]
+        normalize(new_density)
+        reference_density = np.array(bins[: len(digitized_space)])
+        reference_density[-1] += np.sum(bins[i:])
+        normalize(reference_density)
+        divergences.append(kl(reference_density, new_density))
+    d = np.array(divergences)
+    last_argmin = len(d) - 1 - np.argmin(d[::-1])
+    return float(calib_bin_edges[last_argmin * stride + start_bin])
+
+
+def test_histogram_thresholds_equal_the_reference_algorithms() -> None:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     rng = np.random.default_rng(0)
-    for bins, values in ((512, rng.standard_normal(20000)), (256, np.abs(rng.standard_cauchy(5000)).clip(0, 50))):
+    clipped = 0
+    for bins, values in ((512, rng.standard_normal(20000)), (384, np.abs(rng.standard_cauchy(5000)).clip(0, 50)),
+                         (256, np.maximum(rng.standard_normal(8000), 0) ** 2)):
         values = values.astype(np.float32)
         a = np.float32(np.abs(values).max())
-        hist, edges = np.histogram(values, bins, range=(-a, a))
         lo, hi = np.float32(values.min()), np.float32(values.max())
-        collector = HistogramCollector("entropy", True, bins, 128, 99.999, "same")
-        ref = collector.get_entropy_threshold((hist, edges, lo, hi, a), 128)
-        assert int8.entropy_threshold(hist, edges, 128, lo, hi) == (float(ref[0]), float(ref[1]))
         abs_hist, abs_edges = np.histogram(np.abs(values), bins, range=(np.float32(0), a))
+        amax = _pytorch_quantization_amax(abs_hist, abs_edges)
+        clipped += amax < float(a)
+        assert int8.entropy_threshold(abs_hist, abs_edges, 128, lo, hi) == (max(-amax, float(lo)), min(amax, float(hi)))
         collector = HistogramCollector("percentile", True, bins, 128, 99.9, "same")
         collector.histogram_dict = {"t": (abs_hist, abs_edges, lo, hi)}
         ref_lo, ref_hi = collector.compute_percentile()["t"][:2]
         assert int8.percentile_threshold(abs_hist, abs_edges, 99.9, lo, hi) == (float(ref_lo), float(ref_hi))
+    assert clipped >= 2  # the search does clip long tails
