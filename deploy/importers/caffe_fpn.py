@@ -20,7 +20,6 @@ from retinanet_trt.importers import caffe_names
 from retinanet_trt.importers.caffe_graph import CaffeGraph
 from retinanet_trt.importers.caffe_walk import Walk
 from retinanet_trt.importers.common import Architecture
-from retinanet_trt.model.fpn import bilinear_deconv_weight
 
 _TOWERS = (("cls", "cls_logits", "cls"), ("bbox", "bbox_pred", "box"))  # Caffe tower, predictor, our name
 
@@ -110,6 +109,8 @@ def fpn_and_head(w: Walk, arch: Architecture, c3: str, c4: str, c5: str) -> FPNF
                            f"the x2 upsampled maps of {ch // group} input channels, where maskrcnn-benchmark "
                            f"upsamples each channel on its own; exported as ConvTranspose with group {group} and the "
                            "stored weights")
+    from retinanet_trt.model.fpn import bilinear_deconv_weight  # torch: only when a port is converted
+
     stored = [w.sd[f"fpn.upsample{lv}.weight"] for lv in (3, 4)]
     if not all(np.array_equal(s, bilinear_deconv_weight(ch, per_group=ch // group).numpy()) for s in stored):
         flags.notes.append("the upsampling Deconvolutions' weights are not Caffe's bilinear filler; their stored "
