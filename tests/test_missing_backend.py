@@ -76,6 +76,8 @@ CASES = [
      [GPU_HINT, "onnxruntime-gpu"]),
     ("onnxruntime", False, "eval", ["{onnx}", "--demo", "--demo-images", "2"], "trt-eval", [CPU_HINT]),
     ("onnxruntime", False, "bench", ["{onnx}"], "trt-bench", [CPU_HINT]),
+    ("onnxruntime", False, "calib", ["{onnx}", "--int8", "--calib", "demo", "-o", "{out}.int8.onnx"], "trt-calib",
+     [CPU_HINT]),
     ("onnxruntime", False, "export", ["--demo", "-o", "{out}.onnx", "--quiet"], "trt-export", [CPU_HINT]),
     ("tensorrt", False, "infer", ["{engine}", "{image}", "--onnx", "{onnx}", "-o", "{out}"], "trt-infer", [TRT_HINT]),
     ("tensorrt", False, "eval", ["{engine}", "--onnx", "{onnx}", "--demo", "--demo-images", "2"], "trt-eval",

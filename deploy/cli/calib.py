@@ -40,6 +40,7 @@ EXAMPLES = """\
 
 
 def _parser():  # type: ignore[no-untyped-def]
+    _require_ort()
     from retinanet_trt.calib.convert import DEFAULT_CALIB_IMAGES, DEFAULT_EVAL_IMAGES, DEFAULT_METHOD
     from retinanet_trt.calib.int8 import METHOD_ALIASES, METHODS
 
@@ -206,7 +207,16 @@ def _score_only(args: argparse.Namespace, opts: Any) -> dict[str, Any]:
     return score_file(Path(args.model), Path(args.onnx), opts)
 
 
+def _require_ort() -> None:
+    """trt-calib's calibrators and scoring are ONNX Runtime's: without it, one line naming the install."""
+    from retinanet_trt.runtime.backends.optional import requires
+
+    with requires("onnxruntime", "trt-calib"):
+        import onnxruntime  # noqa: F401
+
+
 def _main(argv: list[str] | None) -> int:
+    _require_ort()
     from retinanet_trt.calib.convert import DEFAULT_METHOD, ConvertOptions, convert, report_json
 
     args = _parser().parse_args(argv)
