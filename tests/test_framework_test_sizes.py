@@ -39,8 +39,6 @@ CASES: dict[str, dict[str, tuple[int, int]]] = {
     "torchvision_v1": COCO_SIZES,
     "detectron2": {**COCO_SIZES, "portrait": (900, 600)},
     "maskrcnn_benchmark": COCO_SIZES,
-    # 1024-wide FPN and head: ~8x the compute. The capped case runs through trt-export below.
-    "maskrcnn_benchmark_1024_1class": {"up": COCO_SIZES["up"]},
     "detectron": {**COCO_SIZES, "capped": (500, 1100)},  # pads to 128
     "yhenon": {"up": (400, 600), "down": (900, 1350), "none": (608, 900), "capped": (400, 1000),  # 608 / 1024
                "portrait": (900, 600)},
@@ -119,7 +117,9 @@ def test_detections_equal_the_framework_at_its_padded_test_size(variant: str, ki
     print(f"({time.perf_counter() - t0:.1f} s)")
 
 
-# The three cases issue 17 found at 0 %: exported with trt-export at the padded size, run in ORT.
+# The three cases issue 17 found at 0 %: exported with trt-export at the padded size, run in ORT. The
+# 1024-wide FPN and head of the 1-class variant cost ~8x the compute, so it runs only here (its
+# framework arithmetic is maskrcnn-benchmark's, checked on every kind of image above).
 ONNX_CASES = [("detectron", (600, 900)), ("yhenon", (608, 900)), ("maskrcnn_benchmark_1024_1class", (457, 1003))]
 
 
