@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.bench import summarize
-from retinanet_trt.build import sidecar_path
 from retinanet_trt.fileio import write_json_atomic
-from retinanet_trt.trt_engine import available
+from retinanet_trt.tensorrt.build import sidecar_path
+from retinanet_trt.tensorrt.engine import available
 from retinanet_trt.versions import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print(f"gpu_acceptance: needs TensorRT and a GPU: {why}", file=sys.stderr)
         return 2
-    from retinanet_trt import cuda_rt, trt_engine
+    from retinanet_trt.tensorrt import cuda as cuda_rt
+    from retinanet_trt.tensorrt import engine as trt_engine
 
     exe = None if args.no_trtexec else find_trtexec()
     results: dict[str, Any] = {

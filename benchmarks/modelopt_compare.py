@@ -56,9 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precision_models import DESCRIBE, export_model  # noqa: E402
 
 from retinanet_trt.calib import accuracy, int8, lint, placement, select, sets  # noqa: E402
-from retinanet_trt.export.metadata import read_info, read_spec, set_metadata  # noqa: E402
 from retinanet_trt.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, cpu_session  # noqa: E402
+from retinanet_trt.spec.metadata import read_info, read_spec, set_metadata  # noqa: E402
 from retinanet_trt.versions import package_versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def table(results: dict[str, Any]) -> str:
 def fixture_spec():  # type: ignore[no-untyped-def]
     """The `tiny` preset narrowed to stay under 2 MB as ModelOpt writes it (float weights, one copy
     of the shared head per level): ResNet-18 of width 8, FPN and head of 16 channels, resize 128/160."""
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160

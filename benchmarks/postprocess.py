@@ -22,12 +22,12 @@ import time
 import numpy as np
 
 from retinanet_trt.bench import summarize
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.anchors import grid_anchors
 from retinanet_trt.runtime.box_coder import decode
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import get_preset
 
 
 def synthetic_outputs(

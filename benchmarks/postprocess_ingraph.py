@@ -34,7 +34,6 @@ from postprocess import synthetic_outputs  # benchmarks/postprocess.py: busy-ima
 
 from retinanet_trt.cli.export import default_input_hw
 from retinanet_trt.demo import DEMO_CHECKPOINT
-from retinanet_trt.evaluate import coco_map, detections_to_coco, load_coco
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.plugins.end2end import (
     OUTPUTS,
@@ -45,12 +44,13 @@ from retinanet_trt.plugins.end2end import (
     detections_from_end2end,
     postprocess_model,
 )
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.types import ImageMeta
+from retinanet_trt.scoring.evaluate import coco_map, detections_to_coco, load_coco
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import get_preset
 from retinanet_trt.versions import package_versions
 
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from retinanet_trt.calib.accuracy import held_out_inputs
 from retinanet_trt.calib.convert import ConvertOptions, convert
-from retinanet_trt.export.metadata import read_spec
 from retinanet_trt.runtime.backends.ort_backend import ARITHMETIC_LABELS, FUSED, SIMULATED, cpu_session
+from retinanet_trt.spec.metadata import read_spec
 from retinanet_trt.versions import cpu_flags, package_versions
 
 

@@ -29,7 +29,7 @@ def export_model(name: str, folder: Path) -> Path:
     elif name == "demo-dynamic":
         args = ["--demo", "--dynamic"]
     elif name == "r50":
-        from retinanet_trt.presets import get_preset
+        from retinanet_trt.spec.presets import get_preset
 
         spec = get_preset("retinanet_r50_fpn")
         spec.preprocess.min_size, spec.preprocess.max_size = 480, 640

@@ -145,9 +145,9 @@ def _sweep_inputs(evaluation: Any, spec: ModelSpec, input_hw: tuple[int, int] | 
     """The first SWEEP_IMAGES images of the mAP set, pre-processed as the runner does."""
     import dataclasses
 
-    from retinanet_trt.evaluate import load_coco
     from retinanet_trt.runtime.images import load_image
     from retinanet_trt.runtime.preprocess import preprocess
+    from retinanet_trt.scoring.evaluate import load_coco
 
     coco = load_coco(evaluation.annotations)
     spec = dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, oversize="shrink"))

@@ -18,9 +18,9 @@ import onnx
 
 from retinanet_trt.calib import budget, cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import load_onnx, read_info, resolve_spec, set_metadata
 from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.metadata import load_onnx, read_info, resolve_spec, set_metadata
 from retinanet_trt.versions import package_versions
 
 PRECISIONS = ("fp16", "int8")
@@ -293,8 +293,8 @@ def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[
     (held-out SQNR per output and level, COCO mAP on the set's held-out images with opts.calib when
     it has annotations, the lint), with nothing written. The precision is read from the graph, and
     every figure is computed in simulated Q/DQ. opts.spec: the spec when neither file carries one."""
-    from retinanet_trt.build import detect_precision
-    from retinanet_trt.export.metadata import io_mismatch
+    from retinanet_trt.spec.metadata import io_mismatch
+    from retinanet_trt.tensorrt.build import detect_precision
 
     t_start = time.perf_counter()
     ref = _open_model(reference, opts.spec)  # the FP32 file: UsageError when it is not one

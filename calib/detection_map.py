@@ -94,9 +94,9 @@ def eval_set_digest(source: CalibSource, images: CalibImages, max_images: int) -
 def map_scores(model: Path, evaluation: EvalSet, progress: bool = True, spec: Any = None) -> dict[str, Any]:
     """COCO AP, AP50, AP75 (fractions, as COCO reports them) of an ONNX file on the evaluation set,
     with ONNX Runtime on the CPU. spec: for a file without this project's metadata."""
-    from retinanet_trt.evaluate import evaluate
     from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC
     from retinanet_trt.runtime.detector import Detector
+    from retinanet_trt.scoring.evaluate import evaluate
 
     detector = Detector.load(str(model), backend="ort-cpu", arithmetic=ACCURACY_ARITHMETIC,
                              **({"spec": spec} if spec is not None else {}))

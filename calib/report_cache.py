@@ -42,9 +42,9 @@ SCORE_MODULES = (
     "retinanet_trt.calib.accuracy", "retinanet_trt.calib.budget", "retinanet_trt.calib.convert",
     "retinanet_trt.calib.detection_map", "retinanet_trt.calib.fp16", "retinanet_trt.calib.int8",
     "retinanet_trt.calib.lint", "retinanet_trt.calib.placement", "retinanet_trt.calib.scoring",
-    "retinanet_trt.export.metadata",
+    "retinanet_trt.spec.metadata",
     "retinanet_trt.calib.select", "retinanet_trt.calib.sensitivity", "retinanet_trt.calib.sets",
-    "retinanet_trt.demo.synthetic", "retinanet_trt.evaluate", "retinanet_trt.export.parity",
+    "retinanet_trt.demo.synthetic", "retinanet_trt.scoring.evaluate", "retinanet_trt.export.parity",
     "retinanet_trt.runtime.backends.ort_backend", "retinanet_trt.runtime.images",
     "retinanet_trt.runtime.postprocess", "retinanet_trt.runtime.preprocess",
 )

@@ -38,7 +38,8 @@ def environment() -> dict[str, Any]:
     TensorRT and GPU availability (with the reason when missing). Imports those packages."""
     import onnxruntime
 
-    from retinanet_trt import cuda_rt, trt_engine
+    from retinanet_trt.tensorrt import cuda as cuda_rt
+    from retinanet_trt.tensorrt import engine as trt_engine
 
     out = package_versions()
     out["ort_providers"] = onnxruntime.get_available_providers()

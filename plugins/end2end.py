@@ -29,7 +29,6 @@ import onnx
 from onnx import helper
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import END2END_OUTPUTS, load_onnx, read_info, read_spec, set_metadata
 from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.plugins.candidates import (
     MIN_OPSET,
@@ -45,6 +44,7 @@ from retinanet_trt.plugins.results import compare_detections, detections_from_en
 from retinanet_trt.plugins.thresholds import nms_iou_threshold
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.metadata import END2END_OUTPUTS, load_onnx, read_info, read_spec, set_metadata
 
 NMS_KINDS = ("onnx", "efficientnms")
 ANCHOR_MODES = ("auto", "constant", "computed")

@@ -35,7 +35,7 @@ def tiny_onnx(tmp_path_factory):  # type: ignore[no-untyped-def]
     """A dynamic tiny-preset ONNX with random weights: (path, spec)."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"

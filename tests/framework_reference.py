@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retinanet_trt.coco import COCO_IDS
 from retinanet_trt.runtime.types import ImageMeta
+from retinanet_trt.spec.coco import COCO_IDS
 
 R50_STAGES = [(3, 64), (4, 128), (6, 256), (3, 512)]
 CLAMP = math.log(1000.0 / 16)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retinanet_trt.coco import COCO_IDS
+from retinanet_trt.spec.coco import COCO_IDS
 
 STEPS = [8, 16, 32, 64, 128]
 ANCHOR_SIZES = [32, 64, 128, 256, 512]

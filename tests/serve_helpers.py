@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retinanet_trt.build import SIDECAR_FORMAT
-from retinanet_trt.presets import get_preset
+from retinanet_trt.spec.presets import get_preset
+from retinanet_trt.tensorrt.build import SIDECAR_FORMAT
 
 
 def fake_engine(folder: Path, end2end: bool = False, trt: str = "10.3.0.26", precision: str = "fp16") -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinanet_trt.presets import get_preset, octave_sizes
 from retinanet_trt.runtime.anchors import cell_anchors, grid_anchors
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
+from retinanet_trt.spec.presets import get_preset, octave_sizes
 
 LEVELS_800x1216 = [(100, 152), (50, 76), (25, 38), (13, 19), (7, 10)]
 

@@ -15,10 +15,10 @@ from retinanet_trt.cli import eval as eval_cli
 from retinanet_trt.cli import export as export_cli
 from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import INFO_KEY, SPEC_KEY, read_info, read_spec
 from retinanet_trt.plugins import __main__ as plugins_cli
-from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.metadata import INFO_KEY, SPEC_KEY, read_info, read_spec
+from retinanet_trt.spec.presets import PRESETS, get_preset
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -30,7 +30,7 @@ def tiny512(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A static tiny-preset ONNX exported as `trt-export --random-init --seed 0` would (seed in its info)."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
@@ -152,7 +152,7 @@ def test_missing_model_and_torch_without_weights(tmp_path: Path, capsys: pytest.
     assert "not found" in capsys.readouterr().err
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     path = tmp_path / "noseed.onnx"

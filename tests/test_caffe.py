@@ -18,13 +18,13 @@ import pytest
 
 from retinanet_trt.cli.export import main as export_main
 from retinanet_trt.cli.inspect import main as inspect_main
-from retinanet_trt.coco import COCO_IDS
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.parity import compare_outputs, worst
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.importers import ImportResult, import_checkpoint
 from retinanet_trt.model.retinanet import output_names
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
+from retinanet_trt.spec.coco import COCO_IDS
 
 # The seed port's structure (its FPN and head are 1024 wide; 128 here keeps the five per-level head
 # copies of the caffemodel small) and the original MSRA ResNet-50's k3 s2 p0 ceil stem pool.

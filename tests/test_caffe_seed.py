@@ -21,14 +21,14 @@ import pytest
 import torch
 
 from retinanet_trt.cli.export import main as export_main
-from retinanet_trt.coco import COCO_IDS
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.parity import compare_outputs, worst
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.importers import ImportResult, import_checkpoint
 from retinanet_trt.model.retinanet import build_model, output_names
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
+from retinanet_trt.spec.coco import COCO_IDS
+from retinanet_trt.spec.presets import get_preset
 
 SIZES = [(128, 160), (160, 224)]
 SMALL = cf.SeedOptions(fpn=32, width=8, classes=1, input_hw=(64, 96))

@@ -15,7 +15,7 @@ from PIL import Image
 from retinanet_trt.calib import cache, fp16, lint, scoring, select, sets
 from retinanet_trt.calib.convert import ConvertOptions, convert
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info
+from retinanet_trt.spec.metadata import read_info
 
 # Floors and bounds, measured in the arithmetic every report uses (simulated Q/DQ: ORT CPU with
 # graph optimisations off, so the same on every CPU) on this tiny model (random weights, 128x160),
@@ -37,7 +37,7 @@ def static_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny preset, random weights, static 128x160 input, resize 128/160 so demo images fit."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160
@@ -132,7 +132,7 @@ def test_lint_file_flags_non_float_io(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------- calibration sets
 
 def test_calib_set_errors_and_skips(tmp_path: Path, static_tiny: Path) -> None:
-    from retinanet_trt.export.metadata import read_spec
+    from retinanet_trt.spec.metadata import read_spec
 
     spec = read_spec(static_tiny)
     (tmp_path / "empty").mkdir()
@@ -163,7 +163,7 @@ def test_calib_set_errors_and_skips(tmp_path: Path, static_tiny: Path) -> None:
 # ------------------------------------------------------------------------------------------ cache
 
 def test_cache_key_changes_with_every_input(static_tiny: Path) -> None:
-    from retinanet_trt.export.metadata import read_spec
+    from retinanet_trt.spec.metadata import read_spec
 
     model = onnx.load(str(static_tiny))
     spec = read_spec(model)

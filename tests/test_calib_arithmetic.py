@@ -27,7 +27,7 @@ def tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Tiny preset, random weights, static 128x160, INT8 from 4 demo images: (path, report)."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny preset, random weights, static 128x160 input (plain INT8: worst held-out SQNR ~28 dB)."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160
@@ -182,7 +182,7 @@ def test_detection_masks_pick_the_anchors_fp32_detects() -> None:
 
 
 def _spec_with(thresh: float):  # type: ignore[no-untyped-def]
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.postprocess.score_thresh = [thresh] * len(spec.postprocess.score_thresh)

@@ -23,7 +23,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny preset, random weights, static 128x160 input, resize 128/160 so demo images fit."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160
@@ -245,7 +245,7 @@ def test_calibrates_a_model_in_a_read_only_folder(tiny: Path, tmp_path: Path) ->
 
 
 def test_two_calibrations_of_one_model_at_once(tiny: Path) -> None:
-    from retinanet_trt.export.metadata import read_spec
+    from retinanet_trt.spec.metadata import read_spec
 
     images = sets.load_calibration(sets.open_calib_set("demo"), read_spec(tiny), 2, 0, (128, 160), progress=False)
     with ThreadPoolExecutor(2) as pool:

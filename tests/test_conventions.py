@@ -14,12 +14,12 @@ from retinanet_trt.importers.common import Architecture
 from retinanet_trt.importers.detectron import IMPORTER as DETECTRON
 from retinanet_trt.importers.maskrcnn_benchmark import IMPORTER as MASKRCNN_BENCHMARK
 from retinanet_trt.importers.yhenon import IMPORTER as YHENON
-from retinanet_trt.presets import r50_fpn1024_1class
 from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.preprocess import preprocess, resize_scale, resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, FPNSpec, HeadSpec, ModelSpec, PostprocessSpec, PreprocessSpec
+from retinanet_trt.spec.presets import r50_fpn1024_1class
 
 
 def _pre(rounding: str, min_size: int = 800, max_size: int = 1333) -> PreprocessSpec:

@@ -9,8 +9,8 @@ import torch
 from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
 from retinanet_trt.demo.train import build_targets, flatten_outputs, freeze_norms, match_anchors, trainable_model
 from retinanet_trt.model import output_names
-from retinanet_trt.presets import tiny
 from retinanet_trt.runtime.anchors import grid_anchors
+from retinanet_trt.spec.presets import tiny
 
 
 def test_match_anchors_thresholds_and_best_anchor() -> None:

@@ -8,11 +8,11 @@ import json
 from retinanet_trt.cli import demo as demo_cli
 from retinanet_trt.demo import load_demo
 from retinanet_trt.demo.synthetic import generate_dataset
-from retinanet_trt.evaluate import evaluate
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.model.torch_backend import TorchBackend
 from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.detector import Detector
+from retinanet_trt.scoring.evaluate import evaluate
 
 
 def test_bundled_model_map_on_fresh_val_split_with_torch_and_onnxruntime(tmp_path) -> None:

@@ -15,10 +15,10 @@ from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.model import build_model
 from retinanet_trt.model.torch_backend import TorchBackend
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.spec.presets import get_preset
 
 
 def _photos(n: int, seed: int = 0) -> list[np.ndarray]:

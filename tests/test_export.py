@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from retinanet_trt.export.fold import fold_frozen_norms
-from retinanet_trt.export.metadata import read_info, read_spec
 from retinanet_trt.export.naming import node_group
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.model import build_model, output_names
-from retinanet_trt.presets import get_preset
 from retinanet_trt.spec import NormSpec
+from retinanet_trt.spec.metadata import read_info, read_spec
+from retinanet_trt.spec.presets import get_preset
 
 
 @pytest.mark.parametrize("norm", [NormSpec("frozen_bn", 1e-5), NormSpec("frozen_bn", 0.0), NormSpec("affine", 0.0)])

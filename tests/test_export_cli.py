@@ -32,7 +32,7 @@ def test_tiny_export_writes_onnx_and_report(tmp_path, capsys) -> None:
 
 
 def _spec_file(tmp_path, mutate) -> str:  # type: ignore[no-untyped-def]
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     data = get_preset("tiny").to_dict()
     mutate(data)

@@ -11,9 +11,9 @@ import pytest
 
 from retinanet_trt.cli import export as export_cli
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_spec
-from retinanet_trt.presets import DEMO_CLASSES, get_preset
-from retinanet_trt.spec_overrides import merge, parse_set
+from retinanet_trt.spec.metadata import read_spec
+from retinanet_trt.spec.overrides import merge, parse_set
+from retinanet_trt.spec.presets import DEMO_CLASSES, get_preset
 
 
 def _export(tmp_path: Path, *argv: str) -> Path:

@@ -17,9 +17,9 @@ import pytest
 from retinanet_trt.cli import eval as eval_cli
 from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import has_qdq, read_spec
 from retinanet_trt.runtime.backends.ort_backend import ACCURACY_ARITHMETIC, ARITHMETIC_LABELS, FUSED, SIMULATED
 from retinanet_trt.runtime.detector import Detector
+from retinanet_trt.spec.metadata import has_qdq, read_spec
 
 SIMULATED_LABEL = ARITHMETIC_LABELS[ACCURACY_ARITHMETIC]
 DATA = Path(__file__).resolve().parent / "data"
@@ -230,7 +230,7 @@ def modelopt_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `benchmarks/modelopt_compare.py --fixture` does (fixture_spec: tiny, width 8, FPN/head 16, seed 0)."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.preprocess.min_size, spec.preprocess.max_size = 128, 160
@@ -267,7 +267,7 @@ def test_modelopt_file_runs_in_simulated_arithmetic(fixture: Path, modelopt_sour
 def test_trt_build_takes_another_tools_file_with_onnx_or_spec(files: dict[str, Path], tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from retinanet_trt.cli.build import main as build_main
-    from retinanet_trt.trt_engine import available
+    from retinanet_trt.tensorrt.engine import available
 
     ort = str(files["ort"])
     _one_line_error(capsys, build_main, [ort, "-o", str(tmp_path / "x.engine")], "--spec SPEC.json or --onnx")

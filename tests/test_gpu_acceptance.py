@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.trt_engine import available
+from retinanet_trt.tensorrt.engine import available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_acceptance  # noqa: E402
@@ -62,9 +62,9 @@ def test_plot_from_a_results_dict(tmp_path: Path) -> None:
 @needs_gpu
 def test_dynamic_engine_profiles_graph_and_sidecar(tiny_onnx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Two profiles, runs inside each, CUDA graph replay equal to plain runs, per-layer times, ORT parity."""
-    from retinanet_trt.build import build_engine, layers_path, sidecar_path
     from retinanet_trt.calib import accuracy
     from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+    from retinanet_trt.tensorrt.build import build_engine, layers_path, sidecar_path
 
     onnx_path, _ = tiny_onnx
     engine = tmp_path / "tiny.engine"

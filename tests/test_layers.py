@@ -1,7 +1,7 @@
 """The layering rule (DESIGN.md principle 7): the runtime imports no torch.
 
-Every module under runtime/, calib/ and plugins/, the spec, the inference-side library modules
-and the command-line entry points are imported in a fresh interpreter where importing torch
+Every module under runtime/, spec/, tensorrt/, scoring/, serve/, calib/ and plugins/, the
+inference-side library modules and the command-line entry points are imported in a fresh interpreter where importing torch
 fails; a failure names the chain of modules whose top-level code led to it. torch stays in
 model/ (the network and its backend, model/torch_backend.py), export/ (pipeline, fold), the
 importers' conversion functions and the demo model, which only the torch paths load.
@@ -18,12 +18,14 @@ import pytest
 from PIL import Image
 
 # Packages whose every module must import without torch.
-TORCH_FREE_PACKAGES = ["retinanet_trt.runtime", "retinanet_trt.calib", "retinanet_trt.plugins", "retinanet_trt.serve"]
+TORCH_FREE_PACKAGES = [
+    "retinanet_trt.runtime", "retinanet_trt.calib", "retinanet_trt.plugins", "retinanet_trt.serve",
+    "retinanet_trt.spec", "retinanet_trt.tensorrt", "retinanet_trt.scoring",
+]
 # Single modules on the inference path (and the spec they all read).
 TORCH_FREE_MODULES = [
-    "retinanet_trt", "retinanet_trt.spec", "retinanet_trt.presets", "retinanet_trt.bench", "retinanet_trt.evaluate",
-    "retinanet_trt.build", "retinanet_trt.trt_engine", "retinanet_trt.cuda_rt", "retinanet_trt.versions",
-    "retinanet_trt.fileio", "retinanet_trt.export.metadata", "retinanet_trt.export.naming",
+    "retinanet_trt", "retinanet_trt.bench", "retinanet_trt.versions", "retinanet_trt.fileio",
+    "retinanet_trt.export.naming",
     "retinanet_trt.demo.synthetic",  # trt-eval --demo and the calibration sets render it
 ]
 # Every console script: its module must import without torch, and --help must work.

@@ -3,7 +3,7 @@
 The real command entry points run in a fresh interpreter where a meta path finder makes the
 package unimportable, as on a `pip install .` without the `cpu` / `gpu` extras: exit status 2,
 one stderr line that names the install, no traceback. A static check keeps every import of
-those packages on the runtime path inside `with requires(...)` (runtime/backends/optional.py).
+those packages on the runtime path inside `with requires(...)` (deploy/optional.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.runtime.backends.optional import PACKAGES, MissingPackage, requires
+from retinanet_trt.optional import PACKAGES, MissingPackage, requires
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_HINT = "pip install 'retinanet-trt[cpu]'"
@@ -164,7 +164,7 @@ def test_requires_leaves_other_errors_and_unknown_packages() -> None:
 
 # ------------------------------------------------------------------------------ every import routed
 RUNTIME_MODULES = [*sorted((ROOT / "deploy" / "runtime" / "backends").glob("*.py")),
-                   ROOT / "deploy" / "trt_engine.py", ROOT / "deploy" / "cuda_rt.py"]
+                   ROOT / "deploy" / "tensorrt" / "engine.py", ROOT / "deploy" / "tensorrt" / "cuda.py"]
 
 
 def _unrouted_imports(path: Path) -> list[str]:
@@ -200,6 +200,6 @@ def _unrouted_imports(path: Path) -> list[str]:
 def test_every_runtime_import_of_an_optional_package_goes_through_requires() -> None:
     assert len(RUNTIME_MODULES) >= 5
     offenders = [line for path in RUNTIME_MODULES for line in _unrouted_imports(path)]
-    assert not offenders, f"import these inside `with requires(...)` (runtime/backends/optional.py): {offenders}"
+    assert not offenders, f"import these inside `with requires(...)` (deploy/optional.py): {offenders}"
     probe = ROOT / "deploy" / "runtime" / "backends" / "ort_backend.py"
     assert "with requires(" in probe.read_text()  # the check sees what it is meant to see

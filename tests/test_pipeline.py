@@ -183,7 +183,7 @@ def test_output_sets_are_reused_through_io_binding(tmp_path) -> None:  # type: i
     """A static ONNX: ONNX Runtime writes into pooled arrays (IO binding), results unchanged."""
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     path = tmp_path / "static.onnx"

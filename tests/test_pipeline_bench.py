@@ -44,7 +44,7 @@ def test_the_simulated_device_sleeps_and_returns_the_recorded_outputs(static_pai
     assert [d.scores.tobytes() for d in det([image])] == [d.scores.tobytes() for d in real([image])]
     with pytest.raises(UsageError, match="recorded outputs for input"):
         sim.run(np.zeros((1, 3, 64, 64), np.float32))
-    from retinanet_trt.evaluate import evaluate
+    from retinanet_trt.scoring.evaluate import evaluate
 
     with pytest.raises(UsageError, match="never measures accuracy"):
         evaluate(det, ".", "x.json")

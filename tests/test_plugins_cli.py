@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from retinanet_trt.cli import export as export_cli
-from retinanet_trt.export.metadata import read_info
+from retinanet_trt.spec.metadata import read_info
 
 
 @pytest.mark.parametrize("nms", [None, "efficientnms"])

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import helper
 
-from retinanet_trt.export.metadata import read_info
 from retinanet_trt.plugins.efficientnms import PLUGIN_OP, efficientnms_attributes, plugin_nodes
 from retinanet_trt.plugins.end2end import OUTPUTS, add_end2end, postprocess_model
-from retinanet_trt.presets import get_preset
+from retinanet_trt.spec.metadata import read_info
+from retinanet_trt.spec.presets import get_preset
 
 FEATURES = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
 

@@ -13,7 +13,6 @@ import torch
 from retinanet_trt.demo import DEMO_CHECKPOINT, load_demo
 from retinanet_trt.demo.synthetic import iter_samples
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_info
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.model import build_model
 from retinanet_trt.plugins.end2end import (
@@ -26,11 +25,12 @@ from retinanet_trt.plugins.end2end import (
     postprocess_model,
 )
 from retinanet_trt.plugins.thresholds import logit_threshold, nms_iou_threshold
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
 from retinanet_trt.runtime.preprocess import preprocess, resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
+from retinanet_trt.spec.metadata import read_info
+from retinanet_trt.spec.presets import get_preset
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

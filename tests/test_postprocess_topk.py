@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.anchors import grid_anchors
+from retinanet_trt.spec.presets import get_preset
 
 H, W = 40, 48  # P3 of a 320x384 input: 720 x 1920 = 1.4M pairs, large enough to be sampled
 

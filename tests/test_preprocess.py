@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.presets import r50_fpn1024_1class, retinanet_r50_fpn, tiny, torchvision_v1
 from retinanet_trt.runtime.images import ImageLoadError, find_images, load_image, load_images
 from retinanet_trt.runtime.preprocess import (
     iter_batches,
@@ -22,6 +21,7 @@ from retinanet_trt.runtime.preprocess import (
     resized_hw,
 )
 from retinanet_trt.spec import ModelSpec, PreprocessSpec
+from retinanet_trt.spec.presets import r50_fpn1024_1class, retinanet_r50_fpn, tiny, torchvision_v1
 
 RGB = (200, 100, 50)
 

@@ -25,10 +25,10 @@ from framework_inputs import framework_input, photo, random_image, torch_threads
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.importers import IMPORTERS
-from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime import resize
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.spec import RESIZE_IMPLS, ModelSpec
+from retinanet_trt.spec.presets import PRESETS, get_preset
 
 
 def importer_spec(framework: str) -> ModelSpec:
@@ -143,7 +143,7 @@ def test_every_preset_and_importer_sets_its_resize_impl(name: str) -> None:
 def test_the_runtime_resizes_without_importing_torch() -> None:
     code = (
         "import sys, numpy as np\n"
-        "from retinanet_trt.presets import torchvision_v1\n"
+        "from retinanet_trt.spec.presets import torchvision_v1\n"
         "from retinanet_trt.runtime.preprocess import preprocess\n"
         "spec = torchvision_v1()\n"
         "for impl in ('pillow_uint8', 'torch_bilinear_float', 'skimage_float'):\n"

@@ -19,7 +19,6 @@ from test_resize_exact import importer_spec
 
 from retinanet_trt.cli import eval as eval_cli
 from retinanet_trt.cli import infer as infer_cli
-from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime.images import ImageLoadError
 from retinanet_trt.runtime.preprocess import (
     fixed_input_fit,
@@ -29,6 +28,7 @@ from retinanet_trt.runtime.preprocess import (
     resized_hw,
 )
 from retinanet_trt.spec import PreprocessSpec
+from retinanet_trt.spec.presets import PRESETS, get_preset
 
 FRAMEWORKS = ["torchvision_v1", "detectron2", "maskrcnn_benchmark", "yhenon", "detectron", "mindspore"]
 SPECS = {**{f"import:{f}": (lambda f=f: importer_spec(f).preprocess) for f in FRAMEWORKS},

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from serve_helpers import fake_engine
 
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.preprocess import normalize
 from retinanet_trt.serve.deepstream import (
     EFFICIENTNMS_PARSER,
@@ -24,6 +23,7 @@ from retinanet_trt.serve.deepstream import (
     write_deepstream,
 )
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import get_preset
 
 BIN = Path(sys.executable).parent
 KEYS = Path(__file__).with_name("data") / "deepstream_nvinfer_keys.txt"

@@ -16,7 +16,6 @@ from PIL import Image
 from serve_helpers import fake_engine
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import load_image
 from retinanet_trt.serve import stages
@@ -25,6 +24,7 @@ from retinanet_trt.serve.pbtxt import check_config
 from retinanet_trt.serve.readme import triton_container
 from retinanet_trt.serve.repository import MARKER, ServeOptions, export_repository
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import get_preset
 
 BIN = Path(sys.executable).parent
 

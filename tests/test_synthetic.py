@@ -16,7 +16,7 @@ from retinanet_trt.demo.synthetic import (
     generate_dataset,
     iter_samples,
 )
-from retinanet_trt.presets import tiny
+from retinanet_trt.spec.presets import tiny
 
 
 def test_same_seed_same_images_other_seed_or_split_differs() -> None:

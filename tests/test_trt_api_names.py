@@ -1,8 +1,8 @@
 """Static checks of the TensorRT code, which cannot run on machines without a GPU.
 
-1. Every TensorRT attribute deploy/trt_engine.py uses exists in TensorRT 10.3, 10.13 and 11.4,
+1. Every TensorRT attribute deploy/tensorrt/engine.py uses exists in TensorRT 10.3, 10.13 and 11.4,
    unless the use is guarded by hasattr(...) or getattr(..., default).
-2. No module but deploy/trt_engine.py imports tensorrt.
+2. No module but deploy/tensorrt/engine.py imports tensorrt.
 3. mypy passes over the TensorRT-facing modules with tensorrt-stubs (10.13) as the types of `tensorrt`.
 
 Which attributes are "TensorRT attributes" (the rule, applied by `collect_uses`):
@@ -48,12 +48,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_MODULE = ROOT / "deploy" / "trt_engine.py"
+TRT_MODULE = ROOT / "deploy" / "tensorrt" / "engine.py"
 CHECKED = [TRT_MODULE]  # the only module that holds TensorRT objects (the others get plain values)
 MYPY_MODULES = [
-    "deploy/trt_engine.py",
-    "deploy/cuda_rt.py",
-    "deploy/build.py",
+    "deploy/tensorrt/engine.py",
+    "deploy/tensorrt/cuda.py",
+    "deploy/tensorrt/build.py",
     "deploy/cli/build.py",
     "deploy/runtime/backends/trt_backend.py",
 ]
@@ -390,7 +390,7 @@ def test_only_trt_engine_imports_tensorrt() -> None:
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path != TRT_MODULE and _imports_tensorrt(ast.parse(path.read_text(), str(path))):
                 offenders.append(str(path.relative_to(ROOT)))
-    assert not offenders, f"only deploy/trt_engine.py may import tensorrt: {offenders}"
+    assert not offenders, f"only deploy/tensorrt/engine.py may import tensorrt: {offenders}"
     assert _imports_tensorrt(ast.parse(TRT_MODULE.read_text()))
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from retinanet_trt.build import detect_precision, resolve_profiles
 from retinanet_trt.cli.build import main, parse_shape_range
 from retinanet_trt.errors import UsageError
-from retinanet_trt.trt_engine import available
+from retinanet_trt.tensorrt.build import detect_precision, resolve_profiles
+from retinanet_trt.tensorrt.engine import available
 
 TRT_OK, TRT_WHY = available()
 
@@ -126,7 +126,7 @@ def test_bad_shapes_dynamic_model(args: list[str], message: str, tiny_onnx, tmp_
 def test_shape_ranges_parse_and_resolve(tiny_onnx) -> None:  # type: ignore[no-untyped-def]
     lo, opt, hi = parse_shape_range("1x3x128x160/1x3x256x320/4x3x512x640")
     assert (lo, opt, hi) == ((1, 3, 128, 160), (1, 3, 256, 320), (4, 3, 512, 640))
-    from retinanet_trt.build import onnx_inputs
+    from retinanet_trt.tensorrt.build import onnx_inputs
 
     model = onnx.load(str(tiny_onnx[0]), load_external_data=False)
     profiles = resolve_profiles(onnx_inputs(model), [(lo, opt, hi), (hi, hi, hi)])

@@ -20,11 +20,12 @@ import pytest
 import test_trt_output_allocator as fakes
 from PIL import Image
 
-from retinanet_trt import cuda_rt, trt_engine
 from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import read_spec
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
+from retinanet_trt.spec.metadata import read_spec
+from retinanet_trt.tensorrt import cuda as cuda_rt
+from retinanet_trt.tensorrt import engine as trt_engine
 
 
 class OrtEngine:
@@ -108,7 +109,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
 def static_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from retinanet_trt.export.pipeline import ExportOptions, export_onnx
     from retinanet_trt.model import build_model
-    from retinanet_trt.presets import get_preset
+    from retinanet_trt.spec.presets import get_preset
 
     spec = get_preset("tiny")
     spec.postprocess.score_thresh = [0.0] * 5  # random weights: keep plenty of detections to compare

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retinanet_trt import cuda_rt, trt_engine
-from retinanet_trt.build import SIDECAR_FORMAT
 from retinanet_trt.errors import UsageError
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+from retinanet_trt.spec.presets import get_preset
+from retinanet_trt.tensorrt import cuda as cuda_rt
+from retinanet_trt.tensorrt import engine as trt_engine
+from retinanet_trt.tensorrt.build import SIDECAR_FORMAT
 
 ALIGN = 256
 MEMORY: dict[int, bytearray] = {}  # fake device and pinned memory, by address

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from retinanet_trt.build import SIDECAR_FORMAT
 from retinanet_trt.errors import UsageError
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.trt_backend import TrtBackend, check_sidecar, load_sidecar
-from retinanet_trt.trt_engine import available
+from retinanet_trt.spec.presets import get_preset
+from retinanet_trt.tensorrt.build import SIDECAR_FORMAT
+from retinanet_trt.tensorrt.engine import available
 
 
 def _engine(tmp_path: Path, **changes: Any) -> tuple[Path, dict[str, Any]]:

@@ -15,12 +15,12 @@ from retinanet_trt.cli import export as export_cli
 from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export.uint8_input import check_photos, normalize_model, uint8_input_file
-from retinanet_trt.presets import get_preset
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.uint8_input import preprocess_uint8, uint8_refusal
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import get_preset
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""Latency of the detector end to end, by part and by FPN level, for several backends in one run.
+"""Latency of the detector end to end, by part and by FPN level, for several backends in one run:
+the API behind trt-bench. Takes a model and backend names; gives a JSON report (median, p90, p99
+per part and level, ratios to the first backend) and plots. May import: scoring/, export/ and
+what they stand on; three helpers of cli/ (the table printer, trt-export's input size, trt-infer's
+loop) inside functions, the exceptions tests/test_import_graph.py lists.
 
     report = run_bench("m.onnx", ["torch", "ort-cpu"], BenchOptions(input_hw=(480, 640)))
     print(format_report(report)); plot_report(report, "bench.png")

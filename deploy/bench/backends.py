@@ -32,9 +32,9 @@ class BenchOptions:
 def _torch_for_onnx(onnx_path: str, checkpoint: str | None) -> Detector:
     """The torch backend for an ONNX model: from --torch-checkpoint, the bundled demo, or the seed of a
     --random-init export (build_model(spec, seed) gives the same weights deterministically)."""
-    from retinanet_trt.export.metadata import read_info, read_spec
     from retinanet_trt.model import build_model
     from retinanet_trt.model.torch_backend import TorchBackend
+    from retinanet_trt.spec.metadata import read_info, read_spec
 
     if checkpoint:
         return Detector.load(checkpoint, "torch")
@@ -54,7 +54,7 @@ def load_detector(model: str, backend: str, opts: BenchOptions) -> Detector:
     if model != "demo" and not Path(model).exists():
         raise UsageError(f"model {model} not found; give an .onnx, an .engine, a checkpoint or 'demo'")
     if backend == "trt":
-        from retinanet_trt import trt_engine
+        from retinanet_trt.tensorrt import engine as trt_engine
 
         ok, why = trt_engine.available()
         if not ok:

@@ -138,7 +138,7 @@ def _model_info(model: str) -> dict[str, Any]:
     """What trt-export recorded in an ONNX file (seed, precision, input size); {} for other models."""
     if not model.endswith(".onnx"):
         return {}
-    from retinanet_trt.export.metadata import read_info
+    from retinanet_trt.spec.metadata import read_info
 
     return read_info(model)
 

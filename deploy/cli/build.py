@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
 from retinanet_trt.cli.common import (
     EXIT_USAGE,
     add_engine_spec_args,
@@ -21,9 +20,10 @@ from retinanet_trt.cli.common import (
     show_progress,
 )
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import load_onnx, resolve_spec
 from retinanet_trt.fileio import check_outputs
-from retinanet_trt.trt_engine import ShapeRange, TrtError, TrtUnavailable, available
+from retinanet_trt.spec.metadata import load_onnx, resolve_spec
+from retinanet_trt.tensorrt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
+from retinanet_trt.tensorrt.engine import ShapeRange, TrtError, TrtUnavailable, available
 
 EXAMPLES = """\
   trt-build m.onnx                                    # FP32: m.engine, m.engine.json, m.layers.json

@@ -192,9 +192,9 @@ def _budget(args: argparse.Namespace) -> Any:
 
 def _score_only(args: argparse.Namespace, opts: Any) -> dict[str, Any]:
     """MODEL is an FP16 / INT8 file (any tool's), --onnx its FP32 source: the report only."""
-    from retinanet_trt.build import detect_precision
     from retinanet_trt.calib.convert import score_file
-    from retinanet_trt.export.metadata import load_onnx
+    from retinanet_trt.spec.metadata import load_onnx
+    from retinanet_trt.tensorrt.build import detect_precision
 
     for flag, given in (("-o", args.output), ("--exclude", args.exclude), ("--quantize-predictors", args.quantize_predictors),
                         ("--sensitivity", args.sensitivity), ("--cache", args.cache), ("--method", args.method),
@@ -209,7 +209,7 @@ def _score_only(args: argparse.Namespace, opts: Any) -> dict[str, Any]:
 
 def _require_ort() -> None:
     """trt-calib's calibrators and scoring are ONNX Runtime's: without it, one line naming the install."""
-    from retinanet_trt.runtime.backends.optional import requires
+    from retinanet_trt.optional import requires
 
     with requires("onnxruntime", "trt-calib"):
         import onnxruntime  # noqa: F401

@@ -150,7 +150,7 @@ def model_options(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     backend = args.backend or default_backend(model)
     if not (model.endswith(".onnx") and Path(model).is_file()) or backend == "torch":
         return options, None
-    from retinanet_trt.export.metadata import has_qdq
+    from retinanet_trt.spec.metadata import has_qdq
 
     if not has_qdq(model):
         return options, None

@@ -21,10 +21,10 @@ from retinanet_trt.cli.common import (
 )
 from retinanet_trt.cli.pipeline_args import add_pipeline_args, pipeline_options
 from retinanet_trt.errors import UsageError
-from retinanet_trt.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
 from retinanet_trt.runtime.preprocess import shrunk_line
+from retinanet_trt.scoring.evaluate import STAT_NAMES, evaluate
 
 EXAMPLES = """\
   trt-eval demo --demo --demo-images 200 --seed 1

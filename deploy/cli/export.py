@@ -11,10 +11,10 @@ from retinanet_trt.cli.common import format_mapping, format_table, make_parser, 
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
-from retinanet_trt.presets import PRESETS, get_preset
 from retinanet_trt.runtime.preprocess import fixed_input_fit, padded_side
 from retinanet_trt.runtime.uint8_input import INPUT_FORMATS, uint8_refusal
 from retinanet_trt.spec import OVERSIZE_RULES, ModelSpec
+from retinanet_trt.spec.presets import PRESETS, get_preset
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
     from retinanet_trt.model.retinanet import RetinaNet
@@ -107,7 +107,7 @@ def _spec_file(path: Path) -> dict:  # type: ignore[type-arg]
 def _overrides(args, base: ModelSpec) -> list:  # type: ignore[no-untyped-def,type-arg]
     """(label, partial spec) pairs from the command line, in the order they apply. A fixed input
     size never changes the resize: the framework's own is kept (runtime.preprocess.plan_resize)."""
-    from retinanet_trt import spec_overrides as so
+    from retinanet_trt.spec import overrides as so
 
     items: list[tuple[str, dict]] = []  # type: ignore[type-arg]
     if args.checkpoint and args.spec:
@@ -129,7 +129,7 @@ def load_model(args) -> tuple[ModelSpec, RetinaNet, dict]:  # type: ignore[no-un
     """Resolve checkpoint / preset / spec / demo into a spec and a model in eval mode, with the
     command line's overrides applied to the spec."""
     from retinanet_trt.model.retinanet import build_model
-    from retinanet_trt.spec_overrides import apply_overrides
+    from retinanet_trt.spec.overrides import apply_overrides
 
     if args.checkpoint or args.demo:
         if args.checkpoint and (args.preset or args.demo or args.random_init):

@@ -28,7 +28,6 @@ from retinanet_trt.cli.common import (
 )
 from retinanet_trt.cli.pipeline_args import add_pipeline_args, pipeline_options
 from retinanet_trt.errors import UsageError
-from retinanet_trt.evaluate import detections_to_coco
 from retinanet_trt.fileio import existing_ancestor, staged_folder
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.draw import draw_detections
@@ -36,6 +35,7 @@ from retinanet_trt.runtime.images import LoadedImage, LoadFailure, find_images
 from retinanet_trt.runtime.pipeline import ImageResult
 from retinanet_trt.runtime.preprocess import shrunk_line
 from retinanet_trt.runtime.types import ImageMeta
+from retinanet_trt.scoring.evaluate import detections_to_coco
 
 EXAMPLES = """\
   trt-infer demo photos/ -o out/infer

@@ -1,4 +1,7 @@
-"""The bundled demo: a `tiny` RetinaNet trained on the synthetic shapes dataset (see train.py).
+"""The bundled demo: a `tiny` RetinaNet trained on the synthetic shapes dataset (see train.py), and
+the dataset's generator (synthetic.py, torch-free: trt-eval --demo and the calibration sets
+render it). Takes nothing; gives the demo checkpoint (spec + weights) and COCO-style image sets.
+May import: model/ and what it stands on.
 
 The checkpoint is {"spec": spec JSON, "state_dict": tensors, "train": training and val-mAP info},
 readable with torch.load(weights_only=True); its spec is the one it was trained with.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retinanet_trt.presets import DEMO_CLASSES
+from retinanet_trt.spec.presets import DEMO_CLASSES
 
 _SS = 4  # supersampling factor for anti-aliased edges
 

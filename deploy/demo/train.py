@@ -36,11 +36,11 @@ from retinanet_trt.demo.synthetic import SyntheticConfig, generate_dataset, iter
 from retinanet_trt.model import RetinaNet, build_model, output_names
 from retinanet_trt.model.norms import ConvNorm, FrozenNorm
 from retinanet_trt.model.resnet import BasicBlock, Bottleneck
-from retinanet_trt.presets import tiny
 from retinanet_trt.runtime.anchors import grid_anchors
 from retinanet_trt.runtime.box_coder import encode
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import tiny
 
 FG_IOU, BG_IOU = 0.5, 0.4
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0

@@ -19,7 +19,6 @@ import torch
 from retinanet_trt.errors import UsageError
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.export.fold import fold_frozen_norms
-from retinanet_trt.export.metadata import set_metadata
 from retinanet_trt.export.naming import tag_node_names
 from retinanet_trt.export.parity import compare_outputs, worst
 from retinanet_trt.export.pool_fix import fix_ceil_mode_pools
@@ -27,6 +26,7 @@ from retinanet_trt.fileio import check_writable, write_bytes_atomic
 from retinanet_trt.model.retinanet import RetinaNet, output_names
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.metadata import set_metadata
 from retinanet_trt.versions import package_versions
 
 PARITY_MAX_REL = 1e-4  # the acceptance bound on every output's max_rel against PyTorch

@@ -175,7 +175,7 @@ def check_uint8_input(float_model: onnx.ModelProto, uint8_model: onnx.ModelProto
 
 def uint8_input_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], check_full_model: bool = True) -> dict[str, Any]:
     """Read an exported float-input ONNX, give it the uint8 input, check it, write it to dst atomically."""
-    from retinanet_trt.export.metadata import load_onnx, read_info, read_spec, set_metadata
+    from retinanet_trt.spec.metadata import load_onnx, read_info, read_spec, set_metadata
 
     check_writable(dst)
     float_model = load_onnx(src)

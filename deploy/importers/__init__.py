@@ -1,4 +1,7 @@
-"""Checkpoint importers: one module per source framework, safe loading, `--source auto`.
+"""Checkpoint importers: one module per source framework (torchvision, detectron2, Detectron,
+maskrcnn-benchmark, yhenon, MindSpore, Caffe), safe loading, `--source auto`. Takes a checkpoint
+file; gives the spec its framework implies and a state dict that model/ loads strictly
+(ImportResult). May import: model/ and what it stands on.
 
     from retinanet_trt.importers import import_checkpoint
     result = import_checkpoint("model_final.pkl")          # or source="detectron2"

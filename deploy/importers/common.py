@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retinanet_trt.coco import COCO_IDS, COCO_NAMES
 from retinanet_trt.errors import UsageError
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.coco import COCO_IDS, COCO_NAMES
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so `--help` and SOURCES cost no torch import
     import torch

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture, set_coco_labels
-from retinanet_trt.presets import CAFFE_MEAN_BGR
 from retinanet_trt.spec import (
     AnchorSpec,
     BackboneSpec,
@@ -31,6 +30,7 @@ from retinanet_trt.spec import (
     PostprocessSpec,
     PreprocessSpec,
 )
+from retinanet_trt.spec.presets import CAFFE_MEAN_BGR
 
 _BRANCH2 = {"a": 1, "b": 2, "c": 3}
 _AFFINE = {"s": "weight", "b": "bias"}

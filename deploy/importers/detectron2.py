@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture, set_coco_labels
-from retinanet_trt.presets import retinanet_r50_fpn
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import retinanet_r50_fpn
 
 _NORM = r"(weight|bias|running_mean|running_var)"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture, set_coco_labels
-from retinanet_trt.presets import CAFFE_MEAN_BGR, octave_sizes
 from retinanet_trt.spec import (
     AnchorSpec,
     BackboneSpec,
@@ -28,6 +27,7 @@ from retinanet_trt.spec import (
     PostprocessSpec,
     PreprocessSpec,
 )
+from retinanet_trt.spec.presets import CAFFE_MEAN_BGR, octave_sizes
 
 _NORM = r"(weight|bias|running_mean|running_var)"
 

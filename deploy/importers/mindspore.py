@@ -36,7 +36,6 @@ from retinanet_trt.importers.common import (
     apply_architecture,
     set_coco_labels,
 )
-from retinanet_trt.presets import IMAGENET_MEAN, IMAGENET_STD, octave_sizes
 from retinanet_trt.spec import (
     AnchorSpec,
     BackboneSpec,
@@ -48,6 +47,7 @@ from retinanet_trt.spec import (
     PostprocessSpec,
     PreprocessSpec,
 )
+from retinanet_trt.spec.presets import IMAGENET_MEAN, IMAGENET_STD, octave_sizes
 
 NAME = "mindspore"
 _PRE = r"(?:network\.)?(?:fpn\.)?"  # the wrappers' prefix; research R101/R152 nest the FPN as fpn.

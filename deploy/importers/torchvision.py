@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture
-from retinanet_trt.presets import torchvision_v1, torchvision_v2
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.presets import torchvision_v1, torchvision_v2
 
 _NORM = r"(weight|bias|running_mean|running_var)"
 _HEADS = {"classification_head": "cls", "regression_head": "box"}

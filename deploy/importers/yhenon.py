@@ -13,7 +13,6 @@ RGB 0-1 ImageNet input resized to 608 / 1024 and padded by 32 - dim % 32.
 from __future__ import annotations
 
 from retinanet_trt.importers.common import Architecture, Ignore, Importer, Rule, apply_architecture, set_coco_labels
-from retinanet_trt.presets import IMAGENET_MEAN, IMAGENET_STD, octave_sizes
 from retinanet_trt.spec import (
     AnchorSpec,
     BackboneSpec,
@@ -25,6 +24,7 @@ from retinanet_trt.spec import (
     PostprocessSpec,
     PreprocessSpec,
 )
+from retinanet_trt.spec.presets import IMAGENET_MEAN, IMAGENET_STD, octave_sizes
 
 _NORM = r"(weight|bias|running_mean|running_var)"
 _HEADS = {"classificationModel": "cls", "regressionModel": "box"}

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import END2END_OUTPUTS
 from retinanet_trt.fileio import sha256_file
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.spec.metadata import END2END_OUTPUTS
 
 # ONNX TensorProto element types and numpy dtype names -> Triton data types.
 _ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 2: "TYPE_UINT8", 9: "TYPE_BOOL"}
@@ -70,7 +70,7 @@ def _onnx_shape(value_info: Any) -> list[int]:
 
 
 def read_onnx(path: Path) -> NetworkInfo:
-    from retinanet_trt.export.metadata import load_onnx, read_info, read_spec
+    from retinanet_trt.spec.metadata import load_onnx, read_info, read_spec
 
     model = load_onnx(path)
     spec = read_spec(model)

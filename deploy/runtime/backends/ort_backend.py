@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import resolve_spec
+from retinanet_trt.optional import ORT_GPU_HINT, requires
 from retinanet_trt.runtime.backends.base import StageTimes
-from retinanet_trt.runtime.backends.optional import ORT_GPU_HINT, requires
+from retinanet_trt.spec.metadata import resolve_spec
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

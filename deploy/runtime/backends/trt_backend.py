@@ -1,6 +1,6 @@
 """TensorRT engine backend: one engine, one CUDA stream, pinned host and device buffers, optional CUDA graph.
 
-TensorRT is reached only through retinanet_trt.trt_engine and CUDA only through retinanet_trt.cuda_rt
+TensorRT is reached only through retinanet_trt.tensorrt.engine and CUDA only through retinanet_trt.tensorrt.cuda
 (cuda-python; see that module for why not pycuda), both imported when a backend is created.
 
 Per run: copy the batch into pinned memory, then on the stream: H2D, execute_async_v3 (or replay
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retinanet_trt.build import SIDECAR_FORMAT, sidecar_path
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.backends.base import StageTimes
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.tensorrt.build import SIDECAR_FORMAT, sidecar_path
 
 if TYPE_CHECKING:
-    from retinanet_trt import cuda_rt
-    from retinanet_trt.trt_engine import LayerTimes, ShapeRange, TensorInfo
+    from retinanet_trt.tensorrt import cuda as cuda_rt
+    from retinanet_trt.tensorrt.engine import LayerTimes, ShapeRange, TensorInfo
 
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
@@ -93,7 +93,7 @@ class _GrowingOutput:
 
     def reallocate(self, name: str, nbytes: int, alignment: int) -> int:
         """TensorRT's request for `nbytes`: the current buffer when it is big enough, else one at least twice as big."""
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         if self.device is None or nbytes > self.device.nbytes:
             grown = cuda_rt.DeviceBuffer(max(nbytes, 2 * self.device.nbytes if self.device else nbytes))
@@ -114,7 +114,7 @@ class _GrowingOutput:
 
     def copy_back(self, stream: cuda_rt.Stream) -> None:
         """Queue the D2H copy of exactly the notified shape (call after the stream is synchronized)."""
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         if self.shape is None or min(self.shape, default=0) < 0:
             raise UsageError(f"TensorRT did not report the shape of output {self.info.name} after the run")
@@ -160,7 +160,7 @@ def engine_spec(engine: Path, spec: ModelSpec | None, onnx: str | os.PathLike[st
     if spec is not None and onnx is not None:
         raise UsageError("give the engine's spec either as --spec SPEC.json or as --onnx MODEL.onnx, not both")
     if onnx is not None:
-        from retinanet_trt.export.metadata import load_onnx, read_spec
+        from retinanet_trt.spec.metadata import load_onnx, read_spec
 
         spec = read_spec(load_onnx(onnx))
     has_sidecar = sidecar_path(engine).is_file()
@@ -183,7 +183,7 @@ def engine_spec(engine: Path, spec: ModelSpec | None, onnx: str | os.PathLike[st
 def check_bindings(spec: ModelSpec, image_input: TensorInfo, outputs: Sequence[TensorInfo], where: str) -> None:
     """One (N, 3, H, W) input and the spec's head outputs (or the end-to-end ones), with the spec's
     channel counts where the engine fixes them: a wrong --spec fails here, not as wrong boxes."""
-    from retinanet_trt.export.metadata import check_head_outputs
+    from retinanet_trt.spec.metadata import check_head_outputs
 
     shape = tuple(image_input.shape)
     if image_input.dtype == np.uint8:  # trt-export --input-format uint8: (N, H, W, 4), normalised in the graph
@@ -211,7 +211,8 @@ class TrtBackend:
         spec: ModelSpec | None = None,
         onnx: str | os.PathLike[str] | None = None,
     ) -> None:
-        from retinanet_trt import cuda_rt, trt_engine
+        from retinanet_trt.tensorrt import cuda as cuda_rt
+        from retinanet_trt.tensorrt import engine as trt_engine
 
         self.path = Path(engine_path)
         if not self.path.is_file():
@@ -277,7 +278,7 @@ class TrtBackend:
     def _allocate(self) -> None:
         """Buffers for the largest shapes of all profiles, bound once (addresses never change);
         an output allocator for each output whose shape stays unresolved (-1) for some profile."""
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         need = {t.name: 0 for t in self._engine.tensors}
         dynamic: set[str] = set()
@@ -313,7 +314,7 @@ class TrtBackend:
     def bind_thread(self) -> None:
         """Make this engine's GPU current in the calling thread (the host pipeline runs the
         backend in a thread of its own; CUDA's current device is per thread)."""
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         cuda_rt.set_device(self._device_index)
 
@@ -322,7 +323,7 @@ class TrtBackend:
         to run(images, outputs=...) and the D2H copies land in them, with no host copy after; the
         caller owns them until it passes them again (runtime/pipeline.py pools them). None where
         that does not apply: data-dependent or non-float32 outputs, a shape outside the profiles."""
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         shape = tuple(int(d) for d in input_shape)
         profile = next((i for i, rng in enumerate(self.ranges) if _fits(shape, rng)), None)
@@ -381,7 +382,7 @@ class TrtBackend:
                 self._graph.close()  # a graph replays one fixed shape; capture again on the next run
 
     def _run(self, images: np.ndarray, profile: int, outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        from retinanet_trt import cuda_rt
+        from retinanet_trt.tensorrt import cuda as cuda_rt
 
         stream, (start, after_h2d, after_compute, end) = self._stream, self._events
         shape = tuple(int(d) for d in images.shape)

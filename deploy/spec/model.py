@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.spec_checks import check_field_type, range_problems
+from retinanet_trt.spec.checks import check_field_type, range_problems
 
 SPEC_VERSION = 1
 OVERSIZE_RULES = ("shrink", "refuse")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from retinanet_trt.coco import COCO_IDS, COCO_NAMES, TORCHVISION_NAMES
 from retinanet_trt.errors import UsageError
 from retinanet_trt.spec import (
     AnchorSpec,
@@ -19,6 +18,7 @@ from retinanet_trt.spec import (
     PostprocessSpec,
     PreprocessSpec,
 )
+from retinanet_trt.spec.coco import COCO_IDS, COCO_NAMES, TORCHVISION_NAMES
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

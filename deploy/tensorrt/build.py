@@ -6,7 +6,7 @@
 
 Precision is already in the ONNX file (retinanet_trt.calib makes the FP16 / INT8 Q/DQ files); it
 is read from the graph and recorded. TensorRT is reached only
-through retinanet_trt.trt_engine, so this module imports without it.
+through retinanet_trt.tensorrt.engine, so this module imports without it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import onnx
 
 from retinanet_trt import __version__
 from retinanet_trt.errors import UsageError
-from retinanet_trt.export.metadata import load_onnx, read_info, resolve_spec
 from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from retinanet_trt.spec import ModelSpec
-from retinanet_trt.trt_engine import Profile, ShapeRange
+from retinanet_trt.spec.metadata import load_onnx, read_info, resolve_spec
+from retinanet_trt.tensorrt.engine import Profile, ShapeRange
 
 PRECISIONS = ("fp32", "fp16", "int8")
 SIDECAR_FORMAT = "retinanet_trt.engine/1"
@@ -168,7 +168,8 @@ def build_engine(
     Raises UsageError for bad inputs (before any TensorRT work), TrtUnavailable without TensorRT or
     a GPU, TrtError when TensorRT rejects the model. Never leaves a partial engine behind.
     """
-    from retinanet_trt import cuda_rt, trt_engine
+    from retinanet_trt.tensorrt import cuda as cuda_rt
+    from retinanet_trt.tensorrt import engine as trt_engine
 
     onnx_file = Path(onnx_path)
     model = load_onnx(onnx_file)

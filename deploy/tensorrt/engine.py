@@ -7,7 +7,7 @@ feature-detected with hasattr/getattr. tests/test_trt_api_names.py checks that a
 name lists of those versions and runs mypy over this module with tensorrt-stubs.
 
 TensorRT is imported inside the functions, so importing this module works without it; each import
-sits in `with requires("tensorrt")` (runtime/backends/optional.py), so a missing TensorRT is one
+sits in `with requires("tensorrt")` (deploy/optional.py), so a missing TensorRT is one
 line naming the install, not a traceback.
 
 Precision lives in the ONNX file (FP16 tensors, INT8 Q/DQ nodes), so networks are strongly typed:
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from retinanet_trt.runtime.backends.optional import MissingPackage, install_hint, requires
+from retinanet_trt.optional import MissingPackage, install_hint, requires
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -68,7 +68,7 @@ def available() -> tuple[bool, str]:
     # `tensorrt-stubs` alone makes `import tensorrt` succeed as an empty namespace package.
     if not hasattr(trt, "Builder"):
         return False, f"only type stubs of TensorRT are installed here, not TensorRT itself: {install_hint('tensorrt')}"
-    from retinanet_trt import cuda_rt
+    from retinanet_trt.tensorrt import cuda as cuda_rt
 
     ok, why = cuda_rt.gpu_available()
     if not ok:

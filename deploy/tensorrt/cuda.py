@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from retinanet_trt.runtime.backends.optional import MissingPackage, install_hint, requires
+from retinanet_trt.optional import MissingPackage, install_hint, requires
 
 INSTALL_HINT = install_hint("cuda")
 
