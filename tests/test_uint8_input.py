@@ -98,6 +98,23 @@ def test_uint8_model_gives_the_float_models_detections_and_takes_a_third_of_the_
     assert got[0] == got[1] and got[0]
 
 
+@pytest.mark.parametrize("impl", ["pillow_uint8", "cv2_uint8"])
+def test_every_uint8_framework_gets_the_float_exports_outputs(impl: str, tmp_path: Path) -> None:
+    """A whole model per uint8 resize (Pillow: detectron2 / maskrcnn-benchmark; cv2: MindSpore),
+    fixed input: the export's own check finds identical outputs, and the detections agree."""
+    from retinanet_trt.export.pipeline import ExportOptions, export_onnx
+    from retinanet_trt.model import build_model
+
+    spec = _spec("tiny", resize_impl=impl, channel_order="BGR")
+    spec.postprocess.score_thresh = [0.0] * 5  # random weights: keep detections to compare
+    export_onnx(build_model(spec, seed=1), spec, tmp_path / "f.onnx", ExportOptions(input_hw=(192, 256)))
+    report = uint8_input_file(tmp_path / "f.onnx", tmp_path / "u.onnx")
+    assert report["network_input_check"]["bit_exact"] and report["outputs_check"]["identical"]
+    photo = check_photos()[1]
+    a, b = Detector.load(tmp_path / "f.onnx")(photo), Detector.load(tmp_path / "u.onnx")(photo)
+    assert len(a) > 0 and a.boxes.tobytes() == b.boxes.tobytes() and a.scores.tobytes() == b.scores.tobytes()
+
+
 def test_frameworks_that_normalise_before_resizing_are_refused_in_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     for impl in ("torch_bilinear_float", "skimage_float", "cv2_float"):
         reason = uint8_refusal(_spec("tiny", resize_impl=impl).preprocess)
@@ -124,8 +141,9 @@ def test_a_uint8_engine_runs_through_the_tensorrt_backend_with_pooled_page_locke
     import test_trt_engine_without_sidecar as fake
     import test_trt_output_allocator as fakes
 
-    from retinanet_trt import cuda_rt, trt_engine
     from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+    from retinanet_trt.tensorrt import cuda as cuda_rt
+    from retinanet_trt.tensorrt import engine as trt_engine
 
     class Uint8Engine(fake.OrtEngine):
         def get_tensor_dtype(self, name: str):  # type: ignore[no-untyped-def]
