@@ -5,7 +5,8 @@
 In one run, on the same photos (JPEG files decoded from disk on every pass):
 
 1. Host milliseconds per image by step, single-threaded, as trt-infer does them: decode, the
-   framework's resize, normalise + pad (float input) or pack (uint8 input), copy (into the
+   framework's resize (for the uint8 input with the valid-mask channel added), normalise + pad
+   (float input) or pad (uint8 input), copy (into the
    backend's staging buffer, page-locked on a GPU), post-process (on outputs recorded from a real
    run of the model) and results (COCO entries); the composite is checked equal to Detector.prepare.
 2. images/s of trt-infer's loop (cli.infer.detect_paths, --no-draw) with a SimulatedDevice taking
@@ -39,7 +40,7 @@ from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import find_images, load_image
 from retinanet_trt.runtime.pipeline import default_workers, machine_cores, plan_depth
 from retinanet_trt.runtime.types import ImageMeta
-from retinanet_trt.runtime.uint8_input import UINT8_NHWC, resized_uint8
+from retinanet_trt.runtime.uint8_input import UINT8_NHWC, resized_rgba
 from retinanet_trt.versions import environment
 
 STEPS = ("decode", "resize", "normalize_pad", "copy", "postprocess", "results")
@@ -90,7 +91,7 @@ def host_steps(detector: Detector, paths: Sequence[Path], recorded: dict[str, np
     """Single-threaded milliseconds per image of each host step (see the module docstring), as
     lists by step (and "prepare": Detector.prepare whole); with `check`, a first untimed pass
     checks that the steps compose to Detector.prepare's batch."""
-    from retinanet_trt.runtime.preprocess import _normalized, plan_resize
+    from retinanet_trt.runtime.preprocess import _normalized, plan_resize, resized_8bit
     from retinanet_trt.scoring.evaluate import detections_to_coco
 
     pre, hw = detector.spec.preprocess, detector.fixed_input_hw
@@ -108,13 +109,12 @@ def host_steps(detector: Detector, paths: Sequence[Path], recorded: dict[str, np
             image = load_image(path)
             t1 = time.perf_counter()
             plan = plan_resize(image.hw, pre, hw)
-            resized = resized_uint8(image.pixels, plan.hw, pre)
+            resized = resized_rgba(image.pixels, plan.hw, pre) if uint8 else resized_8bit(image.pixels, plan.hw, pre)
             t2 = time.perf_counter()
             h, w = plan.hw
             if uint8:
                 batch = np.zeros((1, hw[0], hw[1], 4), np.uint8)
-                batch[0, :h, :w, :3] = resized
-                batch[0, :h, :w, 3] = 1
+                batch[0, :h, :w] = resized
             else:
                 batch = np.zeros((1, 3, *hw), np.float32)
                 batch[0, :, :h, :w] = _normalized(resized, pre).transpose(2, 0, 1)
@@ -144,7 +144,7 @@ def _step_summary(kind: str, rows: dict[str, list[float]]) -> dict[str, Any]:
     return {"input": kind, "steps_ms": steps, "total_ms": sum(steps[s]["median"] for s in STEPS),
             "preprocess_ms": summarize(rows["prepare"]),
             "note": "single thread, median per image over the photos and rounds (one pass per round, between the "
-                    "throughput passes); normalize_pad is 'pack' (uint8 + mask) for the uint8 input; postprocess on "
+                    "throughput passes); for the uint8 input, resize includes the valid-mask channel (Pillow putalpha) and normalize_pad is the pad into the batch; postprocess on "
                     "outputs recorded from one real run"}
 
 

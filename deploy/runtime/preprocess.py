@@ -210,6 +210,16 @@ def plan_resize(original_hw: tuple[int, int], pre: PreprocessSpec,
     return ResizePlan(fitted, s if base == tuple(original_hw) else None, shrunk=True)
 
 
+def resized_8bit(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 by the frameworks that resize before normalising
+    (pillow_uint8: Pillow; cv2_uint8: cv2.resize to hw)."""
+    if pre.resize_impl == "pillow_uint8":
+        return resize.pillow_uint8(pixels, hw, pre.interpolation)
+    if pre.resize_impl == "cv2_uint8":
+        return resize.cv2_uint8(pixels, hw)
+    raise UsageError(f"resize_impl {pre.resize_impl} resizes the normalised float image, not the 8-bit one")
+
+
 def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec,
                   scale: float | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, h, w) float32: resized to `hw` and normalised as pre.resize_impl says.
@@ -219,8 +229,8 @@ def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec,
     calibration sets and benchmarks, go through here.
     """
     impl = pre.resize_impl
-    if impl == "pillow_uint8":  # resize the 8-bit image, then normalise
-        x = _normalized(resize.pillow_uint8(pixels, hw, pre.interpolation), pre)
+    if impl in ("pillow_uint8", "cv2_uint8"):  # resize the 8-bit image, then normalise
+        x = _normalized(resized_8bit(pixels, hw, pre), pre)
     elif impl == "torch_bilinear_float":  # normalise, then F.interpolate
         x = resize.torch_bilinear(_normalized(pixels, pre), hw)
     elif impl == "skimage_float":  # float64 Normalizer, then skimage resize
@@ -229,8 +239,6 @@ def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec,
         if scale is None and pre.resize == "shortest_edge":
             scale = resize_scale(pixels.shape[:2], pre)
         x = resize.cv2_float(_normalized(pixels, pre), hw, scale)
-    elif impl == "cv2_uint8":  # cv2.resize the 8-bit image to hw, then normalise
-        x = _normalized(resize.cv2_uint8(pixels, hw), pre)
     else:
         raise UsageError(f"preprocess.resize_impl={impl!r} (use {', '.join(RESIZE_IMPLS)})")
     return x.transpose(2, 0, 1)

@@ -31,12 +31,18 @@ def pillow_uint8(pixels: np.ndarray, hw: tuple[int, int], interpolation: str = "
     """(H, W, 3) uint8 -> (h, w, 3) uint8 with Pillow (antialiased when shrinking, as PIL always is)."""
     if pixels.shape[:2] == tuple(hw):
         return pixels
+    return np.asarray(pillow_uint8_image(pixels, hw, interpolation))
+
+
+def pillow_uint8_image(pixels: np.ndarray, hw: tuple[int, int], interpolation: str = "bilinear") -> Image.Image:
+    """pillow_uint8 as a PIL image (h x w RGB), for callers that go on working in Pillow."""
     try:
         resample = _RESAMPLE[interpolation]
     except KeyError:
         raise UsageError(f"preprocess.interpolation={interpolation!r} (use {', '.join(_RESAMPLE)})") from None
+    image = Image.fromarray(pixels)
     h, w = hw
-    return np.asarray(Image.fromarray(pixels).resize((w, h), resample))
+    return image if pixels.shape[:2] == (h, w) else image.resize((w, h), resample)
 
 
 # ---------------------------------------------------------------- PyTorch bilinear, align_corners=False
