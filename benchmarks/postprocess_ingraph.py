@@ -32,7 +32,6 @@ import numpy as np
 import onnx
 from postprocess import synthetic_outputs  # benchmarks/postprocess.py: busy-image outputs
 
-from retinanet_trt.cli.export import default_input_hw
 from retinanet_trt.demo import DEMO_CHECKPOINT
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.plugins.end2end import (
@@ -46,7 +45,7 @@ from retinanet_trt.plugins.end2end import (
 )
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.runtime.postprocess import postprocess
-from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.preprocess import default_input_hw, preprocess
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.scoring.evaluate import coco_map, detections_to_coco, load_coco
 from retinanet_trt.spec import ModelSpec

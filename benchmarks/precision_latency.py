@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_flags": cpu_flags(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    from retinanet_trt.cli.common import format_table
+    from retinanet_trt.tables import format_table
 
     print(f"{spec.name} {list(x.shape)} ORT CPU, {args.threads} threads, {args.iters} iterations (interleaved); "
           f"rows: {ARITHMETIC_LABELS[FUSED]}, except '{SIMULATED_ROW}': {ARITHMETIC_LABELS[SIMULATED]}")

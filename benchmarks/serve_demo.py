@@ -20,13 +20,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from retinanet_trt.cli.common import format_table
 from retinanet_trt.demo import load_demo
 from retinanet_trt.demo.synthetic import iter_samples
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.fileio import write_bytes_atomic, write_json_atomic
 from retinanet_trt.serve import benchmark
 from retinanet_trt.serve.repository import ServeOptions, export_repository
+from retinanet_trt.tables import format_table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinanet_trt.cli.common import format_mapping, format_number, format_table
+from retinanet_trt.tables import format_mapping, format_number, format_table
 
 BIN = Path(sys.executable).parent
 

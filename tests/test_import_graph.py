@@ -64,14 +64,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "Detector.load('demo'): the bundled checkpoint, with the torch backend",
     ("retinanet_trt.runtime.detector", "retinanet_trt.plugins.end2end"):
         "Detector.decode of an end-to-end graph's outputs (decode + NMS ran in the graph)",
-    ("retinanet_trt.bench.report", "retinanet_trt.cli.common"):
-        "format_table, the commands' table printer",
-    ("retinanet_trt.bench.host_pipeline", "retinanet_trt.cli.common"):
-        "format_table, the commands' table printer",
-    ("retinanet_trt.bench.host_pipeline", "retinanet_trt.cli.infer"):
-        "detect_paths, trt-infer's loop: the host pipeline benchmark measures it as the reference",
-    ("retinanet_trt.bench.inputs", "retinanet_trt.cli.export"):
-        "default_input_hw: the input size trt-export gives a spec, so bench times what export writes",
 }
 
 # Top-level external packages and the only layers that may import them.

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from retinanet_trt.cli import infer as infer_cli
-from retinanet_trt.cli.infer import annotated_names
 from retinanet_trt.demo.synthetic import iter_samples
+from retinanet_trt.scoring.detect_files import annotated_names
 
 
 def _shapes(path: Path, index: int) -> Path:

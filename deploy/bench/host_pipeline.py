@@ -9,7 +9,7 @@ In one run, on the same photos (JPEG files decoded from disk on every pass):
    (float input) or pad (uint8 input), copy (into the
    backend's staging buffer, page-locked on a GPU), post-process (on outputs recorded from a real
    run of the model) and results (COCO entries); the composite is checked equal to Detector.prepare.
-2. images/s of trt-infer's loop (cli.infer.detect_paths, --no-draw) with a SimulatedDevice taking
+2. images/s of trt-infer's loop (scoring.detect_files.detect_paths, --no-draw) with a SimulatedDevice taking
    MS milliseconds per batch, overlap off (--workers 0) and on, rounds interleaved over every
    configuration. A pass's figure is its steady rate: results between the first and the last
    `depth` ones over the time between them (filling and draining the pipeline excluded), with the
@@ -151,8 +151,8 @@ def _step_summary(kind: str, rows: dict[str, list[float]]) -> dict[str, Any]:
 def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None = None,
                       log: Any = lambda _: None) -> dict[str, Any]:
     """The report: host steps, images/s with the simulated device (overlap off/on), the bounds."""
-    from retinanet_trt.cli.infer import detect_paths
     from retinanet_trt.runtime.detector import default_backend
+    from retinanet_trt.scoring.detect_files import detect_paths
 
     if not opts.device_ms or any(ms <= 0 for ms in opts.device_ms):
         raise UsageError(f"--simulate-device {' '.join(map(str, opts.device_ms))}: give milliseconds > 0")
@@ -269,7 +269,7 @@ def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None
             "images": [str(p) for p in paths] if opts.images else
                       f"{len(paths)} scikit-image photos saved as JPEG ({', '.join(PHOTOS)}), decoded from disk every pass",
             "images_per_pass": len(cycle), "warmup": opts.warmup, "rounds": opts.rounds, "batch": opts.batch,
-            "workers_on": workers, "loop": "cli.infer.detect_paths (trt-infer --no-draw): decode, pre-process, "
+            "workers_on": workers, "loop": "scoring.detect_files.detect_paths (trt-infer --no-draw): decode, pre-process, "
                                           "simulated device, post-process, COCO entries",
             "rate": "steady: results between the first and last `depth` of a pass over the time between them; "
                     "whole pass beside it; median/p90/p99 over the rounds",
@@ -301,7 +301,7 @@ def _cpu_name() -> str:
 
 def format_host_pipeline(report: dict[str, Any]) -> str:
     """The report as text for people, the simulation stated first and on every throughput row."""
-    from retinanet_trt.cli.common import format_table
+    from retinanet_trt.tables import format_table
 
     lines = [f"*** {report['simulation']} ***",
              f"{report['model_name']} at {'x'.join(map(str, report['input_hw']))}, {report['machine']['cores']} cores "

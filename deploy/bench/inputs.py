@@ -58,7 +58,7 @@ def resolve_input_hw(model: str, detectors: dict[str, Detector], requested: tupl
     if requested is None:
         if fixed:
             return next(iter(fixed.values()))
-        from retinanet_trt.cli.export import default_input_hw
+        from retinanet_trt.runtime.preprocess import default_input_hw
 
         return default_input_hw(spec)
     h, w = requested

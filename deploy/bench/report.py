@@ -13,7 +13,7 @@ from retinanet_trt.bench.stats import STAGES
 
 def format_report(report: dict[str, Any]) -> str:
     """Tables for people: parts (median / p90 / p99), per FPN level, post-process per level, ratios."""
-    from retinanet_trt.cli.common import format_table
+    from retinanet_trt.tables import format_table
 
     names = report["backends"]
     res = report["results"]

@@ -16,7 +16,6 @@ from typing import Any
 from retinanet_trt.cli.common import (
     add_progress_arg,
     check_count,
-    format_table,
     make_parser,
     read_spec_file,
     run_main,
@@ -25,6 +24,7 @@ from retinanet_trt.cli.common import (
 )
 from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import check_outputs, existing_ancestor, write_bytes_atomic
+from retinanet_trt.tables import format_table
 
 EXIT_BUDGET_NOT_MET = 3
 

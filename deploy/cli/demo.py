@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main, seed
+from retinanet_trt.cli.common import make_parser, run_main, seed
 from retinanet_trt.demo import load_demo
 from retinanet_trt.export.pipeline import ExportOptions, export_onnx
 from retinanet_trt.fileio import write_json_atomic
@@ -22,6 +22,7 @@ from retinanet_trt.model.torch_backend import TorchBackend
 from retinanet_trt.runtime.backends.ort_backend import OrtBackend
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.scoring.evaluate import evaluate
+from retinanet_trt.tables import format_table
 
 EXAMPLES = "  python3 run.py demo\n  python3 run.py demo --val-images 200 -o out/demo\n"
 

@@ -12,7 +12,6 @@ from retinanet_trt.cli.common import (
     add_progress_arg,
     apply_oversize,
     check_count,
-    format_table,
     make_parser,
     model_options,
     run_main,
@@ -25,6 +24,7 @@ from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
 from retinanet_trt.runtime.preprocess import shrunk_line
 from retinanet_trt.scoring.evaluate import STAT_NAMES, evaluate
+from retinanet_trt.tables import format_table
 
 EXAMPLES = """\
   trt-eval demo --demo --demo-images 200 --seed 1

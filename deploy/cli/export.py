@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retinanet_trt.cli.common import format_mapping, format_table, make_parser, run_main, seed
+from retinanet_trt.cli.common import make_parser, run_main, seed
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
-from retinanet_trt.runtime.preprocess import fixed_input_fit, padded_side
+from retinanet_trt.runtime.preprocess import default_input_hw, fixed_input_fit
 from retinanet_trt.runtime.uint8_input import INPUT_FORMATS, uint8_refusal
 from retinanet_trt.spec import OVERSIZE_RULES, ModelSpec
 from retinanet_trt.spec.presets import PRESETS, get_preset
+from retinanet_trt.tables import format_mapping, format_table
 
 if TYPE_CHECKING:  # torch is imported when a model is built, not for --help (about 2 s)
     from retinanet_trt.model.retinanet import RetinaNet
@@ -80,17 +81,6 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--report", type=Path, dest="json", help=argparse.SUPPRESS)  # the old name, for one release
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
-
-
-def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
-    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333; a
-    fixed size padded as the pre-process pads it (MindSpore's 600x600 stays 600x600)."""
-    pre = spec.preprocess
-    if pre.resize == "fixed" and pre.fixed_size:
-        h, w = pre.fixed_size
-        return padded_side(h, pre), padded_side(w, pre)
-    h, w = pre.min_size, pre.max_size
-    return (-(-h // 32) * 32, -(-w // 32) * 32)
 
 
 # Spec sections the weights fix: an override may not change them for a checkpoint or the demo.

@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import format_table, make_parser, run_main
+from retinanet_trt.cli.common import make_parser, run_main
 from retinanet_trt.errors import require_torch
 from retinanet_trt.fileio import check_outputs, write_bytes_atomic, write_json_atomic
 from retinanet_trt.importers import SOURCES, ImportResult, count_parameters, import_checkpoint
 from retinanet_trt.importers.common import spec_summary
 from retinanet_trt.spec import ModelSpec
+from retinanet_trt.tables import format_table
 
 EXAMPLES = """\
   trt-inspect model_final_bfca0b.pkl                    # detectron2 model zoo, framework auto-detected

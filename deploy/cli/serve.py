@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import EXIT_TERMINATED, format_table, make_parser, run_main
+from retinanet_trt.cli.common import EXIT_TERMINATED, make_parser, run_main
 from retinanet_trt.errors import EnvironmentFault, Terminated, UsageError
+from retinanet_trt.tables import format_table
 
 EXAMPLES = """\
   trt-serve export model.engine -o repo/ --name detector --max-batch 8 --instances 2 --dynamic-batching

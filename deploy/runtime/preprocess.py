@@ -128,6 +128,17 @@ def padded_side(side: int, pre: PreprocessSpec) -> int:
     return -(-side // d) * d
 
 
+def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
+    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333; a
+    fixed size padded as the pre-process pads it (MindSpore's 600x600 stays 600x600)."""
+    pre = spec.preprocess
+    if pre.resize == "fixed" and pre.fixed_size:
+        h, w = pre.fixed_size
+        return padded_side(h, pre), padded_side(w, pre)
+    h, w = pre.min_size, pre.max_size
+    return (-(-h // 32) * 32, -(-w // 32) * 32)
+
+
 def network_input_hw(original_hw: tuple[int, int], spec: ModelSpec) -> tuple[int, int]:
     """(H, W) of the padded network input for one image of this size (e.g. a static export's shape)."""
     rh, rw = resized_hw(original_hw, spec.preprocess)
