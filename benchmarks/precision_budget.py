@@ -1,12 +1,15 @@
 """trt-calib's accuracy budget on the demo model: --max-drop with each range method, in one run.
 
     python benchmarks/precision_budget.py --json benchmarks/results/precision_budget_demo.json
+    python benchmarks/precision_budget.py --methods entropy --keep-as fp16 \
+        --json benchmarks/results/precision_budget_demo_keep_fp16.json
 
 The demo model is exported fresh (benchmarks/precision_models.py: static 1x3x256x320). For each
 method, `trt-calib demo.onnx --int8 --calib demo --method M --eval-images 300 --max-drop 0.001`
 (a 0.1-point COCO AP budget) runs in its own process with an empty cache folder. Recorded per
 method: plain INT8's and the kept file's held-out mAP and drop (300 images of the `val` split,
-simulated Q/DQ), whether the budget was met, the layers kept in FP32 with their latency class and
+simulated Q/DQ), whether the budget was met, the layers kept (in FP32, or FP16 with --keep-as fp16)
+with their latency class and
 share of the MACs, every file the search measured, the times (search and whole run), trt-calib's
 exit status (3: budget not met) and its printed report (.txt beside the JSON).
 """
@@ -30,11 +33,12 @@ from retinanet_trt.fileio import write_bytes_atomic, write_json_atomic  # noqa: 
 from retinanet_trt.versions import cpu_flags, package_versions  # noqa: E402
 
 
-def run_method(model: Path, work: Path, method: str, max_drop: float, eval_images: int) -> tuple[dict[str, Any], str]:
+def run_method(model: Path, work: Path, method: str, max_drop: float, eval_images: int,
+               keep_as: str) -> tuple[dict[str, Any], str]:
     """One budgeted trt-calib run: (summary, printed report)."""
     out, report = work / f"{method}.int8.onnx", work / f"{method}.report.json"
     cmd = [sys.executable, "-m", "retinanet_trt.cli.calib", str(model), "--int8", "--calib", "demo", "--method", method,
-           "--eval-images", str(eval_images), "--max-drop", str(max_drop), "--quiet", "-o", str(out), "--json", str(report)]
+           "--eval-images", str(eval_images), "--max-drop", str(max_drop), "--keep-as", keep_as, "--quiet", "-o", str(out), "--json", str(report)]
     env = {**os.environ, "RETINANET_TRT_CACHE_DIR": str(work / f"cache-{method}")}  # no caches from earlier runs
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -62,23 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["entropy", "percentile", "max"])
     p.add_argument("--max-drop", type=float, default=0.001)
     p.add_argument("--eval-images", type=int, default=300)
+    p.add_argument("--keep-as", choices=["fp32", "fp16"], default="fp32", help="what the kept layers compute in")
     p.add_argument("--json", help="write the result here (and the printed reports beside it, .txt)")
     args = p.parse_args(argv)
     record: dict[str, Any] = {
-        "benchmark": "trt-calib --int8 --max-drop: the fewest layers kept in FP32 that meet a COCO AP budget",
-        "model": DESCRIBE["demo"], "max_drop": args.max_drop, "eval_images": args.eval_images, "methods": {},
+        "benchmark": f"trt-calib --int8 --max-drop: the fewest layers kept in {args.keep_as.upper()} that meet a COCO AP budget",
+        "model": DESCRIBE["demo"], "max_drop": args.max_drop, "keep_as": args.keep_as, "eval_images": args.eval_images, "methods": {},
     }
     texts = []
     with tempfile.TemporaryDirectory(prefix="retinanet_trt.budget.") as tmp:
         work = Path(tmp)
         model = export_model("demo", work)
         for method in args.methods:
-            summary, text = run_method(model, work, method, args.max_drop, args.eval_images)
+            summary, text = run_method(model, work, method, args.max_drop, args.eval_images, args.keep_as)
             record["methods"][method] = summary
             texts.append(f"$ {summary['command']}\n{text}")
             kept = summary["kept"]
             print(f"{method}: plain drop {100 * summary['plain']['drop']:.2f} pt -> {100 * summary['final']['drop']:.2f} pt "
-                  f"with {len(kept)} layer(s) in FP32 ({100 * summary['kept_macs_share']:.1f}% of the MACs), "
+                  f"with {len(kept)} layer(s) in {args.keep_as.upper()} ({100 * summary['kept_macs_share']:.1f}% of the MACs), "
                   f"met: {summary['met']}, {summary['wall_s']:.0f} s", flush=True)
     record["versions"] = package_versions()
     record["cpu_flags"] = cpu_flags()

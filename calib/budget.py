@@ -19,10 +19,13 @@
    longer prefix is never worse, which bisection relies on and which the steps table shows).
 
 Every measurement quantizes from the cached ranges and runs in simulated Q/DQ, so the search is
-deterministic: the file written with the kept layers scores what the search measured. Each kept
-layer is reported with its latency class (what it computes in: FP32; TensorRT runs it with float
-kernels instead of INT8 ones), its share of the network's multiply-accumulates and its
-sensitivity.
+deterministic: the file written with the kept layers scores what the search measured. A kept
+layer computes in FP32 (the default) or, with keep_as "fp16" (--keep-as fp16), in FP16: its own
+FP16 weights between two Casts (calib/fp16.layers_to_fp16), cheaper than FP32 on a GPU; a layer
+whose observed values FP16 cannot hold stays FP32 even then. The search measures the files it
+would write, so an FP16 keep is budgeted with FP16's own rounding. Each kept layer is reported
+with its latency class (what it computes in: FP16 or FP32; TensorRT runs it with float kernels
+instead of INT8 ones), its share of the network's multiply-accumulates and its sensitivity.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from retinanet_trt.calib import accuracy, int8
+from retinanet_trt.calib import accuracy, fp16, int8
 from retinanet_trt.calib.sensitivity import LAYER_OPS, detection_masks, layer_sweep
 from retinanet_trt.calib.sets import CalibImages, CalibSource
 from retinanet_trt.errors import UsageError
@@ -47,17 +50,19 @@ from retinanet_trt.spec import ModelSpec
 
 __all__ = ["LAYER_OPS", "Budget", "search"]
 DEFAULT_MAX_KEPT: int | None = None  # None: as many as the ranking has
-KEPT_PRECISION = "fp32"  # what a kept layer computes in (its latency class)
+KEEP_AS = ("fp32", "fp16")  # what a kept layer may compute in (its latency class); the first is the default
 
 
 @dataclass
 class Budget:
     """max_drop: COCO AP the INT8 file may lose against FP32, as a fraction (0.001 = 0.1 point);
-    min_sqnr_db: the worst raw output's SQNR on the held-out photos it must reach. Either or both."""
+    min_sqnr_db: the worst raw output's SQNR on the held-out photos it must reach. Either or both.
+    keep_as: what a kept layer computes in, "fp32" or "fp16" (KEEP_AS)."""
 
     max_drop: float | None = None
     min_sqnr_db: float | None = None
     max_kept: int | None = DEFAULT_MAX_KEPT
+    keep_as: str = KEEP_AS[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +83,8 @@ class Budget:
             raise UsageError(f"--min-sqnr {self.min_sqnr_db}: give a worst-output SQNR in dB, 0 < x < 200 (e.g. 25)")
         if self.max_kept is not None and not 1 <= self.max_kept <= 10_000:
             raise UsageError(f"--max-kept {self.max_kept}: give 1..10000 layers")
+        if self.keep_as not in KEEP_AS:
+            raise UsageError(f"--keep-as {self.keep_as!r}: choose one of {', '.join(KEEP_AS)}")
 
     def check_set(self, source: CalibSource) -> None:
         """--max-drop needs annotations: the demo set or a COCO json (a plain folder has none)."""
@@ -109,6 +116,19 @@ class Budget:
         if self.min_sqnr_db is not None:
             parts.append(f"worst held-out output SQNR >= {self.min_sqnr_db:g} dB")
         return " and ".join(parts)
+
+
+def quantize_keeping(src: Path, out: Path, ranges: dict[str, Any], method: str, excluded: list[str], kept: list[str],
+                     keep_as: str) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Write the INT8 file of `src` with `excluded` and `kept` out of INT8, the kept layers in
+    `keep_as` (fp16: where FP16 holds them, judged on the ranges' peaks, which for entropy and
+    percentile are the chosen clip points); return it and {kept layer: what it computes in}."""
+    model = int8.quantize(src, out, ranges, int8.QuantizeConfig(method=method, exclude=excluded + kept))
+    if keep_as == "fp32" or not kept:
+        return model, {layer: "fp32" for layer in kept}
+    classes = fp16.layers_to_fp16(model, kept, fp16.tensor_peaks(ranges))
+    onnx.save(model, str(out))
+    return model, classes
 
 
 def layer_costs(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
@@ -202,11 +222,11 @@ def search(src: Path, proto: onnx.ModelProto, spec: ModelSpec, ranges: dict[str,
             if key in measured:
                 return measured[key]
             path = Path(tmp) / f"candidate{len(measured)}.onnx"
-            int8.quantize(src, path, ranges, int8.QuantizeConfig(method=method, exclude=excluded + list(kept)))
+            _, classes = quantize_keeping(src, path, ranges, method, excluded, list(kept), budget.keep_as)
             cmp = accuracy.compare_runs(ref_runs, accuracy.run_all(cpu_session(path, arithmetic=ACCURACY_ARITHMETIC), photos))
             worst = min(cmp, key=lambda k: cmp[k]["sqnr_db"])
             m: dict[str, Any] = {"kept": list(kept), "why": why, "worst_sqnr_db": cmp[worst]["sqnr_db"],
-                                 "worst_output": worst}
+                                 "worst_output": worst, "classes": classes}
             if evaluation is not None and fp32_map is not None:
                 scored = map_scores(path, evaluation, False, spec=spec)
                 results[key] = scored
@@ -239,7 +259,7 @@ def search(src: Path, proto: onnx.ModelProto, spec: ModelSpec, ranges: dict[str,
         rows.append({
             "layer": layer, "group": node_group(layer),
             "op": next((n.op_type for n in proto.graph.node if n.name == layer), "?"),
-            "latency_class": KEPT_PRECISION, **costs.get(layer, {"params": None, "macs": None, "macs_share": None}),
+            "latency_class": current["classes"].get(layer, "fp32"), **costs.get(layer, {"params": None, "macs": None, "macs_share": None}),
             "sensitivity_rank": rank, "int8_alone_noise": alone.get("noise"),
             "int8_alone_sqnr_db": alone.get("sqnr_db"),
         })
@@ -247,7 +267,8 @@ def search(src: Path, proto: onnx.ModelProto, spec: ModelSpec, ranges: dict[str,
         "budget": budget.to_dict(), "describe": budget.describe(), "met": current["met"],
         "arithmetic": ARITHMETIC_LABELS[ACCURACY_ARITHMETIC],
         "plain": _figures(plain), "final": _figures(current), "kept": rows,
-        "kept_latency_class": KEPT_PRECISION if rows else None,
+        "keep_as": budget.keep_as,
+        "kept_latency_class": "+".join(sorted({r["latency_class"] for r in rows})) or None,
         "kept_macs_share": sum(r["macs_share"] or 0.0 for r in rows),
         "steps": [_figures(m) | {"layers_kept": len(m["kept"]), "why": m["why"]} for m in steps],
         "ranking": ranking,
@@ -260,7 +281,7 @@ def search(src: Path, proto: onnx.ModelProto, spec: ModelSpec, ranges: dict[str,
     if not current["met"]:
         limit = f"up to {budget.max_kept}" if budget.max_kept else f"all {len(ranking)}"
         section["note"] = (f"budget not met ({budget.describe()}) with {limit} layers kept in "
-                           f"{KEPT_PRECISION.upper()}; the file holds the closest one measured; "
+                           f"{budget.keep_as.upper()}; the file holds the closest one measured; "
                            + ("raise --max-kept, " if budget.max_kept and budget.max_kept < len(ranking) else "")
                            + "keep a group with --exclude, or try --method max")
     if fp32_map is not None:
@@ -291,5 +312,7 @@ def _shortest_prefix(order: list[str], measure: Any, budget: Budget, steps: list
         else:
             fail = mid
     return measure(order[:ok], "")
+
+
 def _figures(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("worst_sqnr_db", "worst_output", "map", "drop", "met") if k in m}

@@ -160,10 +160,15 @@ def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions
                                          opts.budget, source, images, opts.eval_images, model.input_hw, model.batch,
                                          opts.progress)
             done["budget"] = searched
-            excluded = excluded + [k["layer"] for k in searched["kept"] if k["layer"] not in excluded]
-        config = int8.QuantizeConfig(method=method, exclude=excluded)
+        kept, keep_as = [], budget.KEEP_AS[0]
+        if opts.budget is not None and searched is not None:
+            kept = [k["layer"] for k in searched["kept"] if k["layer"] not in excluded]
+            keep_as = opts.budget.keep_as
         with tempfile.TemporaryDirectory(prefix="retinanet_trt.int8.") as tmp:
-            converted = int8.quantize(model.path, Path(tmp) / "int8.onnx", ranges or {}, config)
+            converted, classes = budget.quantize_keeping(model.path, Path(tmp) / "int8.onnx", ranges or {}, method,
+                                                         excluded, kept, keep_as)
+        info["kept_fp16"] = [layer for layer, c in classes.items() if c == "fp16"]
+        excluded = excluded + [layer for layer in kept if classes[layer] == "fp32"]
         info["calibration"] = {"method": method, "images": done["calibration"]["images_used"] if "calibration" in done else 0,
                                "set": source.name if source else None, "cache_key": cache_key}
     else:

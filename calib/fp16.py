@@ -9,6 +9,9 @@ What stays FP32:
   Resize/Upsample: the FPN's nearest-neighbour upsampling copies values, exact in FP16, and
   blocking it would add four Casts per FPN level merge;
 - with a calibration set, every node whose observed output magnitude exceeds FP16_SAFE_MAX.
+
+layers_to_fp16 is the other direction, for the INT8 accuracy budget's --keep-as fp16: a few named
+layers of a Q/DQ file computing in FP16, the rest of the file as it was.
 """
 
 from __future__ import annotations
@@ -87,3 +90,51 @@ def _restore_fp32_resize_params(model: onnx.ModelProto) -> None:
     for info in model.graph.value_info:
         if info.name in wanted and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
             info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def layers_to_fp16(model: onnx.ModelProto, layers: list[str], peaks: dict[str, float],
+                   limit: float = FP16_SAFE_MAX) -> dict[str, str]:
+    """Run the named float layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight) of a
+    Q/DQ or FP32 model in FP16, in place; return {layer: "fp16" | "fp32"}, what each computes in.
+
+    Each converted layer gets its own FP16 copy of its weight and bias (a head conv shared over
+    FPN levels may be quantized, or FP32, at the other levels), a Cast to FP16 on its activation
+    input and a Cast back to FP32 on its output, so its neighbours (Q/DQ, ReLU, Add) see the
+    FP32 tensors they saw before. A layer stays FP32 where FP16 cannot hold it: an observed input
+    or output magnitude above `limit` (peaks: tensor_peaks of the calibration ranges), a weight
+    above FP16_MAX, or an input that is not a float tensor the layer computes on."""
+    inits = {t.name: t for t in model.graph.initializer}
+    wanted = set(layers)
+    classes: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        names = [name for name in node.input[1:] if name]
+        consts = [inits[name] for name in names if name in inits]
+        fits = (len(names) >= 1 and len(consts) == len(names)
+                and all(c.data_type == onnx.TensorProto.FLOAT for c in consts)
+                and all(peaks.get(t, 0.0) <= limit for t in (node.input[0], node.output[0]))
+                and all(float(np.max(np.abs(numpy_helper.to_array(c)), initial=0.0)) <= FP16_MAX for c in consts))
+        classes[node.name] = "fp16" if fits else "fp32"
+        if not fits:
+            nodes.append(node)
+            continue
+        halves = []
+        for c in consts:
+            half = numpy_helper.from_array(numpy_helper.to_array(c).astype(np.float16), f"{c.name}.{node.name}.fp16")
+            model.graph.initializer.append(half)
+            halves.append(half.name)
+        x16, y16, y = f"{node.input[0]}.{node.name}.fp16", f"{node.output[0]}.fp16", node.output[0]
+        nodes.append(onnx.helper.make_node("Cast", [node.input[0]], [x16], name=f"{node.name}/cast_in",
+                                           to=onnx.TensorProto.FLOAT16))
+        node.input[:] = [x16, *halves]
+        node.output[0] = y16
+        nodes.append(node)
+        nodes.append(onnx.helper.make_node("Cast", [y16], [y], name=f"{node.name}/cast_out", to=onnx.TensorProto.FLOAT))
+    # the converted layer's output keeps its name and FP32 type (the Cast back writes it), so
+    # value_info and every consumer stay valid
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return classes

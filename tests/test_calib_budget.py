@@ -119,6 +119,7 @@ def test_unreachable_budget_says_so_and_exits_3(tiny: Path, tmp_path: Path, caps
     (["--max-drop", "nan"], "fraction"),
     (["--min-sqnr", "-3"], "dB"),
     (["--max-kept", "3"], "--max-drop"),
+    (["--keep-as", "fp16"], "--max-drop"),
     (["--min-sqnr", "20", "--max-kept", "0"], "--max-kept"),
 ])
 def test_budget_that_cannot_apply_is_one_line_before_any_work(tiny: Path, tmp_path: Path, extra: list[str], needle: str,
@@ -139,6 +140,32 @@ def test_budget_that_cannot_apply_is_one_line_before_any_work(tiny: Path, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_kept_layers_in_fp16_meet_the_budget_with_fp16_weights(tiny: Path, met: tuple[Path, dict, float]) -> None:
+    """--keep-as fp16: the same search, the kept layers computing in FP16 (own FP16 weights between
+    Casts) in the file written, which scores what the search measured."""
+    _, fp32_report, target = met
+    out = tiny.with_name("budget.fp16kept.int8.onnx")
+    report = convert(tiny, "int8", out, _opts(tiny, budget=Budget(min_sqnr_db=target, keep_as="fp16")))
+    b = report["budget"]
+    assert b["met"] and b["keep_as"] == "fp16" and b["kept_latency_class"] == "fp16"
+    assert b["final"]["worst_sqnr_db"] >= target
+    assert min(report["sqnr_db"].values()) == pytest.approx(b["final"]["worst_sqnr_db"], abs=1e-9)
+    # the ranking is INT8's, whatever the kept layers compute in
+    assert [r["layer"] for r in b["ranking"]] == [r["layer"] for r in fp32_report["budget"]["ranking"]]
+    assert report["lint"]["passed"]
+    kept = [k["layer"] for k in b["kept"]]
+    assert all(k["latency_class"] == "fp16" for k in b["kept"]) and not set(kept) & set(report["exclusions"])
+    model = onnx.load(str(out))
+    halves = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.name in kept):
+        assert node.input[1] in halves
+        assert producers[node.input[0]].op_type == "Cast"
+    from retinanet_trt.spec.metadata import read_info
+
+    assert sorted(read_info(model)["kept_fp16"]) == sorted(kept)
 
 
 def test_fp16_takes_no_budget(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,7 @@ EXAMPLES = """\
   trt-calib m.onnx --int8 --calib photos/ --calib-images 128 --method entropy --exclude p3 --sensitivity
   trt-calib m.onnx --int8 --calib instances_val.json --image-root val2017/ --cache m.calib.json
   trt-calib m.onnx --int8 --calib demo --method entropy --max-drop 0.001 --eval-images 300   # AP lost <= 0.1 pt
+  trt-calib m.onnx --int8 --calib demo --method entropy --max-drop 0.001 --keep-as fp16       # kept layers in FP16
   trt-calib m.onnx --int8 --calib photos/ --min-sqnr 25                  # worst held-out output >= 25 dB
   trt-calib m.onnx --fp16 --calib demo -o m.fp16.onnx
   trt-calib modelopt.int8.onnx --onnx m.onnx --calib demo --json r.json  # score another tool's file
@@ -41,6 +42,7 @@ EXAMPLES = """\
 
 def _parser():  # type: ignore[no-untyped-def]
     _require_ort()
+    from retinanet_trt.calib.budget import KEEP_AS
     from retinanet_trt.calib.convert import DEFAULT_CALIB_IMAGES, DEFAULT_EVAL_IMAGES, DEFAULT_METHOD
     from retinanet_trt.calib.int8 import METHOD_ALIASES, METHODS
 
@@ -69,12 +71,14 @@ def _parser():  # type: ignore[no-untyped-def]
                    "(.report.json). Default: ranges and reports in the cache folder (--cache-dir), by key")
     p.add_argument("--cache-dir", metavar="DIR", help="content-addressed cache folder for ranges and reports, whatever "
                    "the output is called (default $RETINANET_TRT_CACHE_DIR, else ~/.cache/retinanet-trt)")
-    budget = p.add_argument_group("accuracy budget (INT8): keep the fewest layers in FP32 that meet it")
+    budget = p.add_argument_group("accuracy budget (INT8): keep the fewest layers in FP32 (or FP16) that meet it")
     budget.add_argument("--max-drop", type=float, metavar="FRACTION", help="COCO AP the INT8 file may lose against "
                         "FP32 on the set's held-out images, as a fraction (0.001 = 0.1 point); needs a COCO json or demo")
     budget.add_argument("--min-sqnr", type=float, metavar="DB", help="worst raw-output SQNR on the held-out photos "
                         "the INT8 file must reach, in dB (any calibration set)")
-    budget.add_argument("--max-kept", type=int, metavar="N", help="most layers the budget may keep in FP32 (default: no limit)")
+    budget.add_argument("--max-kept", type=int, metavar="N", help="most layers the budget may keep out of INT8 (default: no limit)")
+    budget.add_argument("--keep-as", choices=KEEP_AS, help=f"what a kept layer computes in (default {KEEP_AS[0]}); fp16 "
+                        "is cheaper on a GPU, and a layer whose values FP16 cannot hold stays fp32")
     other = p.add_argument_group("scoring a file another tool made (ModelOpt, ORT quantize_static): nothing is written")
     other.add_argument("--onnx", metavar="FP32.onnx", help="MODEL is an FP16 / INT8 file: score it against this FP32 "
                        "file it was made from (inputs and outputs must agree), with --calib for mAP")
@@ -162,7 +166,7 @@ def print_budget(b: dict[str, Any]) -> None:
     share = f", {100 * b['kept_macs_share']:.1f}% of the MACs" if kept and b.get("kept_macs_share") else ""
     verdict = "met" if b["met"] else "NOT met"
     print(f"\naccuracy budget ({b['describe']}): {verdict} with {len(kept)} layer(s) kept in "
-          f"{(b['kept_latency_class'] or 'fp32').upper()}{share}; {len(b['steps'])} files measured")
+          f"{(b['kept_latency_class'] or b.get('keep_as', 'fp32')).upper()}{share}; {len(b['steps'])} files measured")
     print(f"  plain INT8: {_figures(b['plain'])}")
     print(f"  this file:  {_figures(b['final'])}")
     if kept:
@@ -181,13 +185,15 @@ def print_budget(b: dict[str, Any]) -> None:
 
 def _budget(args: argparse.Namespace) -> Any:
     """The accuracy budget of --max-drop / --min-sqnr / --max-kept, or None."""
-    from retinanet_trt.calib.budget import DEFAULT_MAX_KEPT, Budget
+    from retinanet_trt.calib.budget import DEFAULT_MAX_KEPT, KEEP_AS, Budget
 
     if args.max_drop is None and args.min_sqnr is None:
-        if args.max_kept is not None:
-            raise UsageError("--max-kept bounds an accuracy budget; give --max-drop FRACTION or --min-sqnr DB too")
+        for flag, given in (("--max-kept", args.max_kept), ("--keep-as", args.keep_as)):
+            if given is not None:
+                raise UsageError(f"{flag} belongs to an accuracy budget; give --max-drop FRACTION or --min-sqnr DB too")
         return None
-    return Budget(args.max_drop, args.min_sqnr, DEFAULT_MAX_KEPT if args.max_kept is None else args.max_kept)
+    return Budget(args.max_drop, args.min_sqnr, DEFAULT_MAX_KEPT if args.max_kept is None else args.max_kept,
+                  args.keep_as or KEEP_AS[0])
 
 
 def _score_only(args: argparse.Namespace, opts: Any) -> dict[str, Any]:
