@@ -16,7 +16,8 @@ from retinanet_trt.importers.maskrcnn_benchmark import IMPORTER as MASKRCNN_BENC
 from retinanet_trt.importers.yhenon import IMPORTER as YHENON
 from retinanet_trt.runtime import postprocess as pp
 from retinanet_trt.runtime.postprocess import postprocess
-from retinanet_trt.runtime.preprocess import preprocess, resize_scale, resized_hw
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import resize_scale, resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, FPNSpec, HeadSpec, ModelSpec, PostprocessSpec, PreprocessSpec
 from retinanet_trt.spec.presets import r50_fpn1024_1class

@@ -7,7 +7,7 @@ leaves alone and caps at max_size: the reference is the framework's own input pi
 (framework_inputs, real Pillow / torch / skimage / cv2) + its architecture on the source-named
 weights (framework_reference.reference_forward) + its post-process (reference_detections); ours
 is Detector on the raw image with the network input fixed at that padded size, so the fit rule
-(preprocess.plan_resize) must keep the framework's resize. Three of the cases the issue names run
+(resize_plan.plan_resize) must keep the framework's resize. Three of the cases the issue names run
 through `trt-export --input-size` and ONNX Runtime instead, as a user runs them.
 """
 

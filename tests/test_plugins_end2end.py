@@ -26,7 +26,8 @@ from retinanet_trt.plugins.end2end import (
 )
 from retinanet_trt.plugins.thresholds import logit_threshold, nms_iou_threshold
 from retinanet_trt.runtime.postprocess import postprocess, sigmoid
-from retinanet_trt.runtime.preprocess import preprocess, resized_hw
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import resized_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, ModelSpec
 from retinanet_trt.spec.metadata import read_info

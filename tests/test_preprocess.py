@@ -12,14 +12,8 @@ from PIL import Image
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageLoadError, find_images, load_image, load_images
-from retinanet_trt.runtime.preprocess import (
-    iter_batches,
-    network_input_hw,
-    normalize,
-    padded_side,
-    preprocess,
-    resized_hw,
-)
+from retinanet_trt.runtime.preprocess import iter_batches, normalize, preprocess
+from retinanet_trt.runtime.resize_plan import network_input_hw, padded_side, resized_hw
 from retinanet_trt.spec import ModelSpec, PreprocessSpec
 from retinanet_trt.spec.presets import r50_fpn1024_1class, retinanet_r50_fpn, tiny, torchvision_v1
 

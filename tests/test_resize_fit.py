@@ -1,5 +1,6 @@
-"""The fit rule of a fixed network input (preprocess.plan_resize): the framework's resize is kept for
-every image whose resized size fits; only the others are shrunk (or refused), and are named.
+"""The fit rule of a network input (resize_plan.plan_resize), fixed or the largest a dynamic one
+accepts (a TensorRT engine's profile): the framework's resize is kept for every image whose resized
+(padded, for a dynamic input) size fits; only the others are shrunk (or refused), and are named.
 
 Properties over many image sizes for every importer's and preset's resize, the exact-aspect range
 the export report states against a brute-force check, and trt-infer / trt-eval naming the
@@ -20,13 +21,8 @@ from test_resize_exact import importer_spec
 from retinanet_trt.cli import eval as eval_cli
 from retinanet_trt.cli import infer as infer_cli
 from retinanet_trt.runtime.images import ImageLoadError
-from retinanet_trt.runtime.preprocess import (
-    fixed_input_fit,
-    network_input_hw,
-    plan_resize,
-    preprocess,
-    resized_hw,
-)
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import fixed_input_fit, network_input_hw, padded_side, plan_resize, resized_hw
 from retinanet_trt.spec import PreprocessSpec
 from retinanet_trt.spec.presets import PRESETS, get_preset
 
@@ -68,6 +64,66 @@ def test_without_a_fixed_input_nothing_changes(name: str) -> None:
     pre = SPECS[name]()
     for hw in _sizes(200, seed=5):
         assert plan_resize(hw, pre).hw == resized_hw(hw, pre) and not plan_resize(hw, pre).shrunk
+
+
+MAX_INPUTS = [(800, 1344), (1344, 1344), (640, 928), (608, 1344), (500, 700), (1000, 1000), (256, 256), (160, 320)]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_a_dynamic_input_keeps_the_resize_within_its_largest_size(name: str) -> None:
+    """max_hw (a dynamic engine's profile max): an image whose padded framework resize fits keeps it
+    exactly; any other is shrunk, aspect kept, to the largest size whose padding still fits."""
+    pre = SPECS[name]()
+    kept = shrunk = 0
+    for max_hw in MAX_INPUTS:
+        for hw in _sizes(200, seed=max_hw[0] * 7 + max_hw[1]):
+            own = resized_hw(hw, pre)
+            plan = plan_resize(hw, pre, max_hw=max_hw)
+            padded = (padded_side(plan.hw[0], pre), padded_side(plan.hw[1], pre))
+            assert padded[0] <= max_hw[0] and padded[1] <= max_hw[1], (hw, max_hw, plan)
+            if padded_side(own[0], pre) <= max_hw[0] and padded_side(own[1], pre) <= max_hw[1]:
+                assert plan.hw == own and not plan.shrunk, (hw, max_hw)
+                kept += 1
+                continue
+            shrunk += 1
+            assert plan.shrunk
+            base = hw if pre.resize != "fixed" else tuple(pre.fixed_size)
+            aspect = base[1] / base[0]
+            assert abs(plan.hw[1] / plan.hw[0] - aspect) <= (0.5 + 0.5 * aspect) / (plan.hw[0] - 1)
+            # the binding side is as large as padding allows: one pixel more would pad past the max
+            grown = [(padded_side(plan.hw[0] + 1, pre) > max_hw[0]), (padded_side(plan.hw[1] + 1, pre) > max_hw[1])]
+            assert any(grown), (hw, max_hw, plan)
+    assert kept and shrunk
+
+
+def test_a_dynamic_input_under_refuse_names_its_largest_size() -> None:
+    pre = dataclasses.replace(importer_spec("detectron2").preprocess, oversize="refuse")
+    with pytest.raises(ImageLoadError, match="larger than the network's largest input 640x928"):
+        plan_resize((1000, 1500), pre, max_hw=(640, 928))
+    assert plan_resize((500, 700), pre, max_hw=(1344, 1344)).hw == resized_hw((500, 700), pre)
+
+
+def test_the_detector_fits_a_dynamic_engine_s_largest_input() -> None:
+    """A backend that says max_input_hw (TrtBackend: its profile's max) bounds every batch the
+    Detector prepares, and the metas name the images shrunk; a fitting image is untouched."""
+    from retinanet_trt.runtime.detector import Detector
+
+    class LargestOnly:  # the attributes a Detector reads of a dynamic TensorRT backend
+        fixed_input_hw = None
+        max_input_hw = (256, 352)
+        input_format = "float32_nchw"
+
+        def __init__(self) -> None:
+            self.spec = get_preset("tiny")  # 256 / 320, divisibility 32
+
+    det = Detector(LargestOnly())  # type: ignore[arg-type]
+    small, tall = np.zeros((100, 120, 3), np.uint8), np.zeros((400, 200, 3), np.uint8)
+    batch = det.prepare([small, tall])
+    assert batch.metas[0].resized_hw == resized_hw((100, 120), det.spec.preprocess) == (256, 307)
+    assert not batch.metas[0].shrunk
+    assert resized_hw((400, 200), det.spec.preprocess) == (320, 160)  # pads to 320 rows: more than 256
+    assert batch.metas[1].shrunk and batch.metas[1].resized_hw == (256, 128)
+    assert batch.images.shape[-2:] == (256, 320)  # padded per spec, within the max, not to it
 
 
 def test_refuse_raises_for_exactly_the_images_that_do_not_fit() -> None:
@@ -200,3 +256,18 @@ def test_the_triton_preprocess_stage_applies_the_same_rule() -> None:
     spec.preprocess.oversize = "refuse"
     with pytest.raises(RequestError, match="larger than the fixed network input 256x320"):
         preprocess_request([tall], spec, limits)
+
+
+def test_a_dynamic_engine_s_largest_input_is_its_largest_profile_max() -> None:
+    """TrtBackend.max_input_hw: the max H x W of the profile with the largest one (what
+    serve/model_info.profile_limits picks), in either input layout."""
+    from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+
+    backend = TrtBackend.__new__(TrtBackend)  # the profile arithmetic only: no engine, no GPU
+    backend.input_format = "float32_nchw"
+    backend.ranges = [((1, 3, 128, 128), (1, 3, 512, 512), (4, 3, 640, 928)),
+                      ((1, 3, 128, 128), (1, 3, 800, 800), (2, 3, 1344, 800))]
+    assert backend._max_hw() == (1344, 800)
+    backend.input_format = "uint8_nhwc"
+    backend.ranges = [((1, 128, 128, 4), (1, 512, 512, 4), (4, 800, 1344, 4))]
+    assert backend._max_hw() == (800, 1344)

@@ -203,8 +203,13 @@ def test_bad_requests_name_the_problem(encoded: Any, pixels: Any, message: str) 
 def test_network_limits_are_checked_before_the_network() -> None:
     spec = get_preset("tiny")
     image = load_image(np.zeros((256, 320, 3), np.uint8))
-    with pytest.raises(stages.RequestError, match="larger than the network's largest 128x128"):
+    # larger than the profile's largest: scaled down further to fit (oversize 'shrink'), or refused
+    images, meta = stages.preprocess_request([image], spec, stages.Limits(max_input_hw=(128, 128)))
+    assert images.shape[-2:] == (128, 128) and meta.tolist() == [[256, 320, 102, 128, 128, 128]]
+    spec.preprocess.oversize = "refuse"
+    with pytest.raises(stages.RequestError, match="larger than the network's largest input 128x128"):
         stages.preprocess_request([image], spec, stages.Limits(max_input_hw=(128, 128)))
+    spec.preprocess.oversize = "shrink"
     with pytest.raises(stages.RequestError, match="smaller than the network's smallest 512x512"):
         stages.preprocess_request([image], spec, stages.Limits(min_input_hw=(512, 512)))
     _, meta = stages.preprocess_request([image], spec, stages.Limits())

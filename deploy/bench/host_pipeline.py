@@ -91,7 +91,8 @@ def host_steps(detector: Detector, paths: Sequence[Path], recorded: dict[str, np
     """Single-threaded milliseconds per image of each host step (see the module docstring), as
     lists by step (and "prepare": Detector.prepare whole); with `check`, a first untimed pass
     checks that the steps compose to Detector.prepare's batch."""
-    from retinanet_trt.runtime.preprocess import _normalized, plan_resize, resized_8bit
+    from retinanet_trt.runtime.preprocess import _normalized, resized_8bit
+    from retinanet_trt.runtime.resize_plan import plan_resize
     from retinanet_trt.scoring.evaluate import detections_to_coco
 
     pre, hw = detector.spec.preprocess, detector.fixed_input_hw

@@ -10,7 +10,7 @@ import numpy as np
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import LoadedImage, find_images, load_image
-from retinanet_trt.runtime.preprocess import padded_side
+from retinanet_trt.runtime.resize_plan import padded_side
 
 MAX_SIDE = 8192  # larger inputs are a typo, and would exhaust memory before saying so
 
@@ -58,7 +58,7 @@ def resolve_input_hw(model: str, detectors: dict[str, Detector], requested: tupl
     if requested is None:
         if fixed:
             return next(iter(fixed.values()))
-        from retinanet_trt.runtime.preprocess import default_input_hw
+        from retinanet_trt.runtime.resize_plan import default_input_hw
 
         return default_input_hw(spec)
     h, w = requested

@@ -22,7 +22,7 @@ from retinanet_trt.cli.pipeline_args import add_pipeline_args, pipeline_options
 from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import check_outputs, write_json_atomic
 from retinanet_trt.runtime.detector import BACKENDS, Detector, default_backend
-from retinanet_trt.runtime.preprocess import shrunk_line
+from retinanet_trt.runtime.resize_plan import shrunk_line
 from retinanet_trt.scoring.evaluate import STAT_NAMES, evaluate
 from retinanet_trt.tables import format_table
 
@@ -99,7 +99,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"arithmetic: {arithmetic}")
     for failure in stats["failures"]:
         print(f"trt-eval: skipped {failure['file']}: {failure['error']}", file=sys.stderr)
-    note = shrunk_line("trt-eval", stats.pop("shrunk_metas"), detector.fixed_input_hw)
+    note = shrunk_line("trt-eval", stats.pop("shrunk_metas"), detector.fixed_input_hw,
+                       max_hw=detector.max_input_hw)
     if note:
         print(note, file=sys.stderr)
     if args.json:

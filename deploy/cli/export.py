@@ -11,7 +11,7 @@ from retinanet_trt.cli.common import make_parser, run_main, seed
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.export import DEFAULT_OPSET
 from retinanet_trt.fileio import check_outputs, read_json, write_json_atomic
-from retinanet_trt.runtime.preprocess import default_input_hw, fixed_input_fit
+from retinanet_trt.runtime.resize_plan import default_input_hw, fixed_input_fit
 from retinanet_trt.runtime.uint8_input import INPUT_FORMATS, uint8_refusal
 from retinanet_trt.spec import OVERSIZE_RULES, ModelSpec
 from retinanet_trt.spec.presets import PRESETS, get_preset
@@ -96,7 +96,7 @@ def _spec_file(path: Path) -> dict:  # type: ignore[type-arg]
 
 def _overrides(args, base: ModelSpec) -> list:  # type: ignore[no-untyped-def,type-arg]
     """(label, partial spec) pairs from the command line, in the order they apply. A fixed input
-    size never changes the resize: the framework's own is kept (runtime.preprocess.plan_resize)."""
+    size never changes the resize: the framework's own is kept (runtime.resize_plan.plan_resize)."""
     from retinanet_trt.spec import overrides as so
 
     items: list[tuple[str, dict]] = []  # type: ignore[type-arg]

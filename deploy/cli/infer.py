@@ -26,7 +26,7 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import existing_ancestor, staged_folder
 from retinanet_trt.runtime.detector import BACKENDS, Detector
 from retinanet_trt.runtime.images import LoadFailure, find_images
-from retinanet_trt.runtime.preprocess import shrunk_line
+from retinanet_trt.runtime.resize_plan import shrunk_line
 from retinanet_trt.scoring.detect_files import detect_paths
 
 EXAMPLES = """\
@@ -80,7 +80,7 @@ def _main(argv: list[str] | None) -> int:
                                                 min_score=args.min_score, progress=show_progress(args), **pipeline)
         for failure in failures:
             print(_skip_line(failure), file=sys.stderr)
-        note = shrunk_line("trt-infer", metas, detector.fixed_input_hw)
+        note = shrunk_line("trt-infer", metas, detector.fixed_input_hw, max_hw=detector.max_input_hw)
         if note:
             print(note, file=sys.stderr)
         done = len(paths) - len(failures)

@@ -116,7 +116,14 @@ class Detector:
 
     @property
     def fixed_input_hw(self) -> tuple[int, int] | None:
+        """(H, W) of a static network input (every batch is padded to it), else None."""
         return getattr(self.backend, "fixed_input_hw", None)
+
+    @property
+    def max_input_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the largest input a dynamic network accepts (a TensorRT engine's profile), else None:
+        an image that pads to more is scaled down further or refused, per spec.preprocess.oversize."""
+        return getattr(self.backend, "max_input_hw", None)
 
     @property
     def input_format(self) -> str:
@@ -127,8 +134,8 @@ class Detector:
     def prepare(self, images: Sequence[ImageInput]) -> Batch:
         """Images -> the backend's input batch (thread-safe: the pipeline's workers call it)."""
         if self.input_format == UINT8_NHWC:
-            return preprocess_uint8(images, self.spec, input_hw=self.fixed_input_hw)
-        return preprocess(images, self.spec, input_hw=self.fixed_input_hw)
+            return preprocess_uint8(images, self.spec, input_hw=self.fixed_input_hw, max_hw=self.max_input_hw)
+        return preprocess(images, self.spec, input_hw=self.fixed_input_hw, max_hw=self.max_input_hw)
 
     def decode(self, outputs: dict[str, np.ndarray], metas: Sequence[ImageMeta], score_threshold: float | None = None,
                level_times_ms: dict[str, float] | None = None) -> list[Detections]:

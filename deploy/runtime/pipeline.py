@@ -148,9 +148,9 @@ class OutputPool:
 
 def estimate_batch_bytes(detector: Detector, batch_size: int) -> int:
     """Bytes one batch holds in flight: its input tensor, its raw outputs and its decoded pixels,
-    at the fixed input size (or, for a dynamic input, the spec's largest resize)."""
+    at the fixed input size, a dynamic network's largest, or else the spec's largest resize."""
     spec = detector.spec
-    hw = detector.fixed_input_hw
+    hw = detector.fixed_input_hw or detector.max_input_hw
     if hw is None:
         pre = spec.preprocess
         side = -(-max(pre.min_size, pre.max_size) // 32) * 32
@@ -196,7 +196,7 @@ def _groups(images: Iterable[ImageInput], batch_size: int) -> Iterator[list[tupl
 
 def prepare_group(detector: Detector, group: list[tuple[int, ImageInput]]) -> _Prepared:
     """Decode and pre-process one group; an unreadable or unfit image becomes that image's error."""
-    from retinanet_trt.runtime.preprocess import unfit_reason
+    from retinanet_trt.runtime.resize_plan import unfit_reason
 
     t0 = time.perf_counter()
     sources: dict[int, str] = {}
@@ -211,7 +211,7 @@ def prepare_group(detector: Detector, group: list[tuple[int, ImageInput]]) -> _P
             sources[index], errors[index] = _describe(item), exc
             continue
         sources[index] = image.source
-        reason = unfit_reason(image, detector.spec.preprocess, fixed)
+        reason = unfit_reason(image, detector.spec.preprocess, fixed, detector.max_input_hw)
         if reason:
             errors[index] = ImageLoadError(reason)
             continue

@@ -18,7 +18,7 @@ import numpy as np
 
 from retinanet_trt.runtime.anchors import grid_anchors
 from retinanet_trt.runtime.box_coder import decode
-from retinanet_trt.runtime.preprocess import resize_scale, resized_hw
+from retinanet_trt.runtime.resize_plan import resize_scale, resized_hw
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import ModelSpec
 

@@ -13,9 +13,7 @@ batching. Output sizes follow each framework's own rounding (facts/checkpoint-fo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,126 +21,14 @@ from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime import resize
 from retinanet_trt.runtime.images import (
     ImageInput,
-    ImageLoadError,
     LoadedImage,
     LoadFailure,
     load_image,
     load_images,
 )
+from retinanet_trt.runtime.resize_plan import plan_batch, resize_scale, unfit_reason
 from retinanet_trt.runtime.types import Batch, ImageMeta
 from retinanet_trt.spec import RESIZE_IMPLS, ModelSpec, PreprocessSpec
-
-
-def resize_scale(original_hw: tuple[int, int], pre: PreprocessSpec) -> float:
-    """The one factor the spec's resize applies to both sides, computed as the framework computes it.
-
-    A post-process with rescale "uniform" divides boxes by it (Detectron's im_scale, yhenon's scale):
-      floor       torchvision: min(min_size / short, max_size / long) in float32
-      round       yhenon: min_size / short; max_size / long when long * scale > max_size
-      detectron   Detectron: min_size / short; max_size / long when round(scale * long) > max_size
-    resize "none" gives 1.0. "round_half_up" and "maskrcnn_benchmark" set each side on its own and a
-    "fixed" resize stretches, so they have no single factor: UsageError.
-    """
-    if pre.resize == "none":
-        return 1.0
-    if pre.resize != "shortest_edge" or pre.rounding not in ("floor", "round", "detectron"):
-        raise UsageError(
-            f"preprocess resize={pre.resize!r} rounding={pre.rounding!r} has no single resize factor; "
-            "use postprocess.rescale='per_axis'"
-        )
-    h, w = original_hw
-    short, long = min(h, w), max(h, w)
-    if pre.rounding == "floor":
-        # torchvision computes `800.0 / tensor` in float32, which torch evaluates as
-        # reciprocal(tensor) * 800; that float32 value decides floor() at boundaries
-        # (480 * scale gives 800, where the exact 800/480 in double would give 799.99...).
-        inv_short, inv_long = np.float32(1.0) / np.float32(short), np.float32(1.0) / np.float32(long)
-        return float(min(inv_short * np.float32(pre.min_size), inv_long * np.float32(pre.max_size)))
-    scale = pre.min_size / short
-    if pre.rounding == "round":  # yhenon Resizer: `if largest_side * scale > max_side`
-        if long * scale > pre.max_size:
-            scale = pre.max_size / long
-    elif round(scale * long) > pre.max_size:  # Detectron get_target_scale: np.round (half to even)
-        scale = pre.max_size / long
-    return scale
-
-
-def resized_hw(original_hw: tuple[int, int], pre: PreprocessSpec) -> tuple[int, int]:
-    """(H, W) after the spec's resize, rounded as the source framework rounds.
-
-    shortest_edge scales the short side to min_size unless the long side would pass max_size, in
-    which case the long side becomes max_size. Rounding:
-      floor               torchvision: scale computed in float32, each side floor(side * scale)
-      round_half_up       detectron2: short side = min_size exactly, each side int(x + 0.5)
-      round               yhenon: each side Python round(side * scale) (half to even)
-      detectron           Detectron: round(side * im_scale) as cv2.resize(fx=fy=im_scale) (half to
-                          even), im_scale capped when round(im_scale * long) > max_size
-      maskrcnn_benchmark  T.Resize: short side = min_size, or int(round(max_size * short / long)) when
-                          long / short * min_size > max_size; long side int(size * long / short) (truncated)
-    """
-    h, w = original_hw
-    if pre.resize == "none":
-        return h, w
-    if pre.resize == "fixed":
-        if not pre.fixed_size:
-            raise UsageError("preprocess.resize='fixed' needs preprocess.fixed_size [H, W]")
-        fh, fw = pre.fixed_size
-        return int(fh), int(fw)
-    if pre.resize != "shortest_edge":
-        raise UsageError(f"preprocess.resize={pre.resize!r} (use 'shortest_edge', 'fixed' or 'none')")
-    short, long = min(h, w), max(h, w)
-    if pre.rounding == "floor":
-        scale = resize_scale(original_hw, pre)
-        return math.floor(h * scale), math.floor(w * scale)
-    if pre.rounding == "round_half_up":
-        # detectron2 sets the short side to min_size exactly and scales the long one, then caps.
-        scale = pre.min_size / short
-        new_short, new_long = float(pre.min_size), long * scale
-        if new_long > pre.max_size:
-            cap = pre.max_size / new_long
-            new_short, new_long = new_short * cap, new_long * cap
-        new_h, new_w = (new_short, new_long) if h < w else (new_long, new_short)
-        return int(new_h + 0.5), int(new_w + 0.5)
-    if pre.rounding in ("round", "detectron"):
-        # Python round and cv2's saturate_cast<int>(double) both round half to even.
-        scale = resize_scale(original_hw, pre)
-        return round(h * scale), round(w * scale)
-    if pre.rounding == "maskrcnn_benchmark":
-        size = pre.min_size
-        if float(long) / float(short) * size > pre.max_size:
-            size = int(round(pre.max_size * float(short) / float(long)))
-        other = int(size * long / short)
-        return (size, other) if h <= w else (other, size)
-    raise UsageError(
-        f"preprocess.rounding={pre.rounding!r} (floor, round_half_up, round, detectron or maskrcnn_benchmark)"
-    )
-
-
-def padded_side(side: int, pre: PreprocessSpec) -> int:
-    """Side length after zero padding to size_divisibility (yhenon adds a full step when divisible)."""
-    d = pre.size_divisibility
-    if d <= 1:
-        return side
-    if pre.pad_extra_when_divisible:
-        return side + d - side % d
-    return -(-side // d) * d
-
-
-def default_input_hw(spec: ModelSpec) -> tuple[int, int]:
-    """The largest image the spec's resize produces, padded to 32: e.g. 800x1344 for 800/1333; a
-    fixed size padded as the pre-process pads it (MindSpore's 600x600 stays 600x600)."""
-    pre = spec.preprocess
-    if pre.resize == "fixed" and pre.fixed_size:
-        h, w = pre.fixed_size
-        return padded_side(h, pre), padded_side(w, pre)
-    h, w = pre.min_size, pre.max_size
-    return (-(-h // 32) * 32, -(-w // 32) * 32)
-
-
-def network_input_hw(original_hw: tuple[int, int], spec: ModelSpec) -> tuple[int, int]:
-    """(H, W) of the padded network input for one image of this size (e.g. a static export's shape)."""
-    rh, rw = resized_hw(original_hw, spec.preprocess)
-    return padded_side(rh, spec.preprocess), padded_side(rw, spec.preprocess)
 
 
 def _normalized(pixels: np.ndarray, pre: PreprocessSpec, dtype: type[np.floating] = np.float32) -> np.ndarray:
@@ -168,57 +54,6 @@ def _normalized(pixels: np.ndarray, pre: PreprocessSpec, dtype: type[np.floating
 def normalize(pixels: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 in the spec's channel order, scaled and normalised."""
     return np.ascontiguousarray(_normalized(pixels, pre).transpose(2, 0, 1))
-
-
-@dataclass(frozen=True)
-class ResizePlan:
-    """How one image is resized for a network input.
-
-    hw: (h, w) after resizing, before padding; scale: the one factor applied to both sides (what
-    cv2.resize is given as fx = fy), or None where the resize has none (a "fixed" stretch,
-    per-side rounding); shrunk: the framework's own resize did not fit the fixed network input, so
-    the image was scaled down further (aspect kept) and its detections are not the framework's.
-    """
-
-    hw: tuple[int, int]
-    scale: float | None
-    shrunk: bool = False
-
-
-def _framework_scale(original_hw: tuple[int, int], pre: PreprocessSpec) -> float | None:
-    if pre.resize == "none":
-        return 1.0
-    if pre.resize == "shortest_edge" and pre.rounding in ("floor", "round", "detectron"):
-        return resize_scale(original_hw, pre)
-    return None
-
-
-def plan_resize(original_hw: tuple[int, int], pre: PreprocessSpec,
-                input_hw: tuple[int, int] | None = None) -> ResizePlan:
-    """The framework's resize of an image, kept whenever it fits `input_hw` (a fixed network input).
-
-    An image whose framework-resized size does not fit is, with pre.oversize "shrink", scaled by
-    the largest factor s that fits the box: for shortest_edge / none, s = min(H / h0, W / w0) of the
-    original (h0, w0), sides round(h0 * s), round(w0 * s) (as cv2.resize(fx=fy=s) sizes them); for a
-    "fixed" stretch, the fixed size is scaled so. With pre.oversize "refuse" it raises
-    ImageLoadError. Without `input_hw` (a dynamic input) the framework's resize is returned as is.
-    """
-    hw = resized_hw(original_hw, pre)
-    if input_hw is None or (hw[0] <= input_hw[0] and hw[1] <= input_hw[1]):
-        return ResizePlan(hw, _framework_scale(original_hw, pre))
-    if pre.oversize == "refuse":
-        raise ImageLoadError(
-            f"{hw[0]}x{hw[1]} after the model's resize, larger than the fixed network input {input_hw[0]}x{input_hw[1]}"
-            " (preprocess.oversize 'refuse'); use preprocess.oversize 'shrink', or export with a larger or dynamic input"
-        )
-    base = tuple(original_hw) if pre.resize in ("shortest_edge", "none") else hw
-    s = min(input_hw[0] / base[0], input_hw[1] / base[1])
-    # s * side is within an ulp of the box side on the binding axis: the min() only absorbs that ulp.
-    fitted = (min(input_hw[0], round(base[0] * s)), min(input_hw[1], round(base[1] * s)))
-    if min(fitted) < 1:
-        raise ImageLoadError(f"{original_hw[0]}x{original_hw[1]} pixels shrink to {fitted[0]}x{fitted[1]} to fit the "
-                             f"fixed network input {input_hw[0]}x{input_hw[1]}; too thin to detect in (crop or pad it)")
-    return ResizePlan(fitted, s if base == tuple(original_hw) else None, shrunk=True)
 
 
 def resized_8bit(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) -> np.ndarray:
@@ -256,29 +91,23 @@ def network_image(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec,
 
 
 def preprocess(
-    images: Sequence[ImageInput], spec: ModelSpec, input_hw: tuple[int, int] | None = None
+    images: Sequence[ImageInput], spec: ModelSpec, input_hw: tuple[int, int] | None = None,
+    max_hw: tuple[int, int] | None = None,
 ) -> Batch:
     """Images -> Batch(images (N, 3, H, W) float32, one ImageMeta each).
 
     H, W is the largest resized size padded per spec (so images of different sizes share one
     batch), or `input_hw` when given (a static network input): each image is resized as its
-    framework resizes it and zero-padded to it; one whose resized size does not fit is scaled down
-    further or refused, per spec.preprocess.oversize (plan_resize; its meta says `shrunk`).
+    framework resizes it and zero-padded to it; one whose resized size does not fit `input_hw`, or
+    pads to more than `max_hw` (a dynamic network's largest input), is scaled down further or
+    refused, per spec.preprocess.oversize (resize_plan.plan_resize; its meta says `shrunk`).
     Raises ImageLoadError naming the first input that cannot be read or fitted (see iter_batches to go on).
     """
     if len(images) == 0:
         raise UsageError("preprocess needs at least one image")
     pre = spec.preprocess
     loaded = [load_image(im) for im in images]
-    for im in loaded:
-        reason = unfit_reason(im, pre, input_hw)
-        if reason:
-            raise ImageLoadError(reason)
-    plans = [plan_resize(im.hw, pre, input_hw) for im in loaded]
-    if input_hw is None:
-        target = (padded_side(max(p.hw[0] for p in plans), pre), padded_side(max(p.hw[1] for p in plans), pre))
-    else:
-        target = (int(input_hw[0]), int(input_hw[1]))
+    plans, target = plan_batch(loaded, pre, input_hw, max_hw)
     batch = np.zeros((len(loaded), 3, *target), dtype=np.float32)
     metas: list[ImageMeta] = []
     for i, (im, plan) in enumerate(zip(loaded, plans, strict=True)):
@@ -289,31 +118,13 @@ def preprocess(
     return Batch(images=batch, metas=metas)
 
 
-def _unfit_message(image: LoadedImage, resized: tuple[int, int]) -> str:
-    h, w = image.hw
-    return (f"{image.source}: {h}x{w} pixels, which the spec's resize makes {resized[0]}x{resized[1]}; "
-            "too thin to detect in (crop or pad it)")
-
-
-def unfit_reason(image: LoadedImage, pre: PreprocessSpec, input_hw: tuple[int, int] | None = None) -> str | None:
-    """Why the spec's resize cannot make a network input of this image (e.g. 20000x1, or one too
-    large for a fixed input under oversize 'refuse'), or None."""
-    resized = resized_hw(image.hw, pre)
-    if min(resized) < 1:
-        return _unfit_message(image, resized)
-    try:
-        plan_resize(image.hw, pre, input_hw)
-    except ImageLoadError as exc:
-        return f"{image.source}: {exc}"
-    return None
-
-
 def iter_batches(
     images: Iterable[ImageInput],
     spec: ModelSpec,
     batch_size: int = 1,
     input_hw: tuple[int, int] | None = None,
     failures: list[LoadFailure] | None = None,
+    max_hw: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Preprocessed batches of up to batch_size images, loading lazily.
 
@@ -330,80 +141,15 @@ def iter_batches(
             loaded, failed = load_images([item])
             failures.extend(failed)
             for image in loaded:
-                reason = unfit_reason(image, spec.preprocess, input_hw)
+                reason = unfit_reason(image, spec.preprocess, input_hw, max_hw)
                 if reason:
                     failures.append(LoadFailure(image.source, reason))
                 else:
                     pending.append(image)
         if len(pending) == batch_size:
-            yield preprocess(pending, spec, input_hw)
+            yield preprocess(pending, spec, input_hw, max_hw)
             pending = []
     if pending:
-        yield preprocess(pending, spec, input_hw)
+        yield preprocess(pending, spec, input_hw, max_hw)
 
 
-def _resize_words(pre: PreprocessSpec) -> str:
-    if pre.resize == "shortest_edge":
-        what = f"shortest edge {pre.min_size}, longest at most {pre.max_size}"
-    elif pre.resize == "fixed":
-        what = f"stretch to {pre.fixed_size[0]}x{pre.fixed_size[1]}" if pre.fixed_size else "stretch"
-    else:
-        what = "no resize"
-    return f"{what} ({pre.rounding} rounding, {pre.resize_impl})"
-
-
-def _exact_aspects(pre: PreprocessSpec, box_short: int, box_long: int) -> list[float] | None:
-    """[lo, hi] of long/short aspects whose shortest-edge resize fits a box whose side along the
-    image's short side is box_short and along its long side box_long (hi None: no upper bound), or
-    None when no aspect fits. Exact up to the framework's one-pixel rounding."""
-    m, big = pre.min_size, pre.max_size
-    # resized short side = min(m, big / a) <= box_short, resized long side = min(m * a, big) <= box_long
-    lo = 1.0 if m <= box_short else big / box_short
-    hi = None if big <= box_long else box_long / m
-    if hi is not None and hi < lo:
-        return None
-    return [round(lo, 3), None if hi is None else round(hi, 3)]
-
-
-def fixed_input_fit(pre: PreprocessSpec, input_hw: tuple[int, int]) -> dict[str, object]:
-    """What a fixed network input keeps of the framework's resize (plan_resize): the resize kept,
-    the image aspects (long/short, landscape and portrait) whose resized size fits and so stay
-    exact, and what happens to the others. For the export report."""
-    h, w = input_hw
-    out: dict[str, object] = {"framework_resize": _resize_words(pre), "input_hw": [h, w], "oversize": pre.oversize}
-    if pre.resize == "shortest_edge":
-        land, port = _exact_aspects(pre, h, w), _exact_aspects(pre, w, h)
-        out.update(exact_landscape_aspects=land, exact_portrait_aspects=port)
-
-        def words(r: list[float] | None, kind: str) -> str:
-            if r is None:
-                return f"no {kind} image"
-            if r[0] <= 1.0 and r[1] is None:
-                return f"every {kind} image"
-            lo = "" if r[0] <= 1.0 else f"from {r[0]:g} "
-            return f"{kind} images of aspect {lo}{'up to ' + format(r[1], 'g') if r[1] else 'on'}"
-        exact = f"exact for {words(land, 'landscape')} and {words(port, 'portrait')} (long/short)"
-    elif pre.resize == "fixed":
-        fits = bool(pre.fixed_size) and pre.fixed_size[0] <= h and pre.fixed_size[1] <= w  # type: ignore[index]
-        out["exact_all"] = fits
-        exact = "exact for every image" if fits else "the stretch does not fit: no image is exact"
-    else:
-        exact = f"exact for images up to {h}x{w} pixels"
-    other = ("scaled down further to fit (aspect kept, not exact; trt-infer/trt-eval name them)"
-             if pre.oversize == "shrink" else "refused with the reason (preprocess.oversize 'refuse')")
-    out["summary"] = (f"keeps the framework's resize, {out['framework_resize']}, at the fixed {h}x{w} input: {exact}; "
-                      f"the others are {other}")
-    return out
-
-
-def shrunk_line(tool: str, metas: Sequence[ImageMeta], input_hw: tuple[int, int] | None, shown: int = 5) -> str | None:
-    """One line naming the images scaled down further to fit a fixed input (ImageMeta.shrunk), or None."""
-    shrunk = [m for m in metas if m.shrunk]
-    if not shrunk:
-        return None
-    where = f"the fixed {input_hw[0]}x{input_hw[1]} input" if input_hw else "the fixed input"
-    names = ", ".join(f"{m.source} ({m.original_hw[0]}x{m.original_hw[1]} -> {m.resized_hw[0]}x{m.resized_hw[1]})"
-                      for m in shrunk[:shown])
-    more = f" and {len(shrunk) - shown} more" if len(shrunk) > shown else ""
-    return (f"{tool}: {len(shrunk)} image(s) larger than {where} after the model's resize were scaled down further "
-            f"(detections not exact to the framework; export a larger input or use --oversize refuse): {names}{more}")

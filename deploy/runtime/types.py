@@ -13,7 +13,7 @@ class ImageMeta:
 
     original_hw: the decoded image; resized_hw: after the spec's resize, before padding;
     input_hw: the padded network input (the batch tensor's H, W); shrunk: the framework's resize
-    did not fit a fixed network input and the image was scaled down further (preprocess.plan_resize),
+    did not fit a fixed network input and the image was scaled down further (resize_plan.plan_resize),
     so its detections are not exactly the framework's.
     """
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime import resize
-from retinanet_trt.runtime.images import ImageInput, ImageLoadError, load_image
+from retinanet_trt.runtime.images import ImageInput, load_image
 from retinanet_trt.runtime.types import Batch, ImageMeta
 from retinanet_trt.spec import PreprocessSpec
 
@@ -62,14 +62,14 @@ def resized_rgba(pixels: np.ndarray, hw: tuple[int, int], pre: PreprocessSpec) -
 
 
 def preprocess_uint8(images: Sequence[ImageInput], spec: object, input_hw: tuple[int, int] | None = None,
-                     out: np.ndarray | None = None) -> Batch:
+                     out: np.ndarray | None = None, max_hw: tuple[int, int] | None = None) -> Batch:
     """Images -> Batch(images (N, H, W, 4) uint8, one ImageMeta each), sized exactly as
     runtime.preprocess sizes the float batch (same resize plans, same padding, same metas).
 
     out: a zeroed-or-reusable (N, H, W, 4) uint8 array to fill (e.g. page-locked memory); its
     padding is rewritten, so any previous content is fine.
     """
-    from retinanet_trt.runtime.preprocess import padded_side, plan_resize, unfit_reason
+    from retinanet_trt.runtime.resize_plan import plan_batch
 
     if len(images) == 0:
         raise UsageError("preprocess needs at least one image")
@@ -77,15 +77,7 @@ def preprocess_uint8(images: Sequence[ImageInput], spec: object, input_hw: tuple
     if uint8_refusal(pre):
         raise UsageError(uint8_refusal(pre))
     loaded = [load_image(im) for im in images]
-    for im in loaded:
-        reason = unfit_reason(im, pre, input_hw)
-        if reason:
-            raise ImageLoadError(reason)
-    plans = [plan_resize(im.hw, pre, input_hw) for im in loaded]
-    if input_hw is None:
-        target = (padded_side(max(p.hw[0] for p in plans), pre), padded_side(max(p.hw[1] for p in plans), pre))
-    else:
-        target = (int(input_hw[0]), int(input_hw[1]))
+    plans, target = plan_batch(loaded, pre, input_hw, max_hw)
     shape = (len(loaded), *target, CHANNELS)
     if out is None:
         batch = np.zeros(shape, np.uint8)

@@ -30,7 +30,7 @@ import numpy as np
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import atomic_path, write_bytes_atomic, write_json_atomic
-from retinanet_trt.runtime.preprocess import padded_side
+from retinanet_trt.runtime.resize_plan import padded_side
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.serve.model_info import NetworkInfo, read_network
 from retinanet_trt.spec import ModelSpec

@@ -26,7 +26,8 @@ import numpy as np
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageLoadError, LoadedImage, decode_image_bytes, load_image
 from retinanet_trt.runtime.postprocess import postprocess
-from retinanet_trt.runtime.preprocess import padded_side, plan_resize, preprocess, unfit_reason
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import padded_side, plan_resize, unfit_reason
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import ModelSpec
 
@@ -105,24 +106,21 @@ def _decode_one(item: np.ndarray, source: str, limits: Limits) -> LoadedImage:
 def preprocess_request(images: Sequence[LoadedImage], spec: ModelSpec, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """Images -> (network input (B, 3, H, W) float32, META (B, 6) int32), through runtime.preprocess
     exactly as trt-infer runs it. RequestError when an image cannot become a network input."""
-    fixed = limits.fixed_input_hw
+    fixed, largest = limits.fixed_input_hw, limits.max_input_hw
     for image in images:
-        reason = unfit_reason(image, spec.preprocess, fixed)  # too thin, or too large under oversize 'refuse'
+        reason = unfit_reason(image, spec.preprocess, fixed, largest)  # too thin, or too large under oversize 'refuse'
         if reason:
             raise RequestError(reason)
-        # A fixed input keeps the framework's resize where it fits and shrinks the rest (plan_resize).
-        hw = plan_resize(image.hw, spec.preprocess, fixed).hw
+        # The framework's resize is kept where it fits the network's input (fixed, or the profile's
+        # largest) and the rest are scaled down further (plan_resize), as trt-infer does.
+        hw = plan_resize(image.hw, spec.preprocess, fixed, largest).hw
         padded = fixed or (padded_side(hw[0], spec.preprocess), padded_side(hw[1], spec.preprocess))
-        if limits.max_input_hw is not None and (padded[0] > limits.max_input_hw[0] or padded[1] > limits.max_input_hw[1]):
-            raise RequestError(f"{image.source}: {image.hw[0]}x{image.hw[1]} pixels make a network input of "
-                               f"{padded[0]}x{padded[1]}, larger than the network's largest "
-                               f"{limits.max_input_hw[0]}x{limits.max_input_hw[1]}; send a smaller image")
         if limits.min_input_hw is not None and (padded[0] < limits.min_input_hw[0] or padded[1] < limits.min_input_hw[1]):
             raise RequestError(f"{image.source}: {image.hw[0]}x{image.hw[1]} pixels make a network input of "
                                f"{padded[0]}x{padded[1]}, smaller than the network's smallest "
                                f"{limits.min_input_hw[0]}x{limits.min_input_hw[1]}")
     try:
-        batch = preprocess(list(images), spec, input_hw=limits.fixed_input_hw)
+        batch = preprocess(list(images), spec, input_hw=fixed, max_hw=largest)
     except UsageError as exc:
         raise RequestError(str(exc)) from None
     meta = np.array([[*m.original_hw, *m.resized_hw, *m.input_hw] for m in batch.metas], dtype=np.int32)

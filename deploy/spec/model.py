@@ -128,7 +128,7 @@ class PreprocessSpec:
     (stretch to fixed_size [H, W]) or "none". rounding: "floor" (torchvision), "round_half_up"
     (detectron2: int(x + 0.5)), "round" (yhenon: Python round), "detectron" (im_scale capped when
     round(im_scale * long) > max_size, sides rounded as cv2), "maskrcnn_benchmark" (short side
-    int(round(...)) when capped, long side truncated); see runtime.preprocess.resized_hw. scale:
+    int(round(...)) when capped, long side truncated); see runtime.resize_plan.resized_hw. scale:
     pixel values are multiplied by this before mean/std (1/255 for 0-1 inputs, 1.0 for 0-255).
 
     resize_impl: whose arithmetic resizes, and with it whether normalisation comes first

@@ -248,6 +248,8 @@ class TrtBackend:
             self._engine.profile_ranges(self._input.name) if -1 in fixed else [(fixed, fixed, fixed)]
         )
         self.fixed_input_hw = self._fixed_hw()
+        # the pre-process keeps every image within it (scaled down further, or refused, per oversize)
+        self.max_input_hw = None if self.fixed_input_hw else self._max_hw()
 
         self._stream = cuda_rt.Stream()
         self._events = [cuda_rt.Event() for _ in range(4)]
@@ -274,6 +276,13 @@ class TrtBackend:
         if len(sizes) == 1 and all(lo[h : h + 2] == hi[h : h + 2] for lo, _, hi in self.ranges):
             return sizes.pop()
         return None
+
+    def _max_hw(self) -> tuple[int, int]:
+        """H, W of the largest input a profile accepts (the profile with the largest max H x W; the
+        same choice as serve/model_info.profile_limits)."""
+        h = 1 if self.input_format == "uint8_nhwc" else 2
+        hi = max((rng[2] for rng in self.ranges), key=lambda s: s[h] * s[h + 1])
+        return int(hi[h]), int(hi[h + 1])
 
     def _allocate(self) -> None:
         """Buffers for the largest shapes of all profiles, bound once (addresses never change);
