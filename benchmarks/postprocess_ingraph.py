@@ -45,7 +45,8 @@ from retinanet_trt.plugins.end2end import (
 )
 from retinanet_trt.runtime.backends.ort_backend import cpu_session
 from retinanet_trt.runtime.postprocess import postprocess
-from retinanet_trt.runtime.preprocess import default_input_hw, preprocess
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import default_input_hw
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.scoring.evaluate import coco_map, detections_to_coco, load_coco
 from retinanet_trt.spec import ModelSpec

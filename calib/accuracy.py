@@ -36,7 +36,7 @@ def held_out_inputs(spec: ModelSpec, input_hw: tuple[int, int] | None, batch: in
     """(inputs, photo names, shrunk) for the held-out photos, pre-processed as the runner does.
 
     A photo that the framework's resize makes too large for a static input is scaled down further
-    to fit, as trt-infer does (preprocess.plan_resize, whatever spec.preprocess.oversize says:
+    to fit, as trt-infer does (resize_plan.plan_resize, whatever spec.preprocess.oversize says:
     raw-output parity does not depend on it, and this keeps every photo in the check); `shrunk`
     says whether any was.
     """

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.images import ImageLoadError, LoadedImage, find_images, load_image
-from retinanet_trt.runtime.preprocess import preprocess, unfit_reason
+from retinanet_trt.runtime.preprocess import preprocess
+from retinanet_trt.runtime.resize_plan import unfit_reason
 from retinanet_trt.spec import ModelSpec
 
 DEMO = "demo"
