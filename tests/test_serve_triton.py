@@ -191,8 +191,11 @@ def test_trt_serve_run_stops_cleanly(demo: dict[str, Any], sig: int, code: int) 
     repo = demo["root"] / "repo_run"
     if not repo.exists():
         export_repository(demo["onnx"], repo, ServeOptions(name="demo", platform="python", threads=1))
+    # SIGINT as a terminal gives it: a suite started in the background (`cmd &` in a script) hands
+    # its children SIGINT ignored, which Python then keeps ignored, and the test would wait forever
     proc = subprocess.Popen([str(BIN / "trt-serve"), "run", str(repo), "--log", str(demo["root"] / f"run{sig}.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

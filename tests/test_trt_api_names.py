@@ -56,6 +56,7 @@ MYPY_MODULES = [
     "deploy/tensorrt/build.py",
     "deploy/cli/build.py",
     "deploy/runtime/backends/trt_backend.py",
+    "deploy/runtime/backends/trt_sidecar.py",
 ]
 VERSIONS = ("10.3", "10.13", "11.4")
 DATA = Path(__file__).parent / "data" / "trt_api_names.json"

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.runtime.backends.trt_backend import TrtBackend, check_sidecar, load_sidecar
+from retinanet_trt.runtime.backends.trt_backend import TrtBackend
+from retinanet_trt.runtime.backends.trt_sidecar import check_sidecar, load_sidecar
 from retinanet_trt.spec.presets import get_preset
 from retinanet_trt.tensorrt.build import SIDECAR_FORMAT
 from retinanet_trt.tensorrt.engine import available

@@ -92,7 +92,7 @@ def read_onnx(path: Path) -> NetworkInfo:
 
 
 def read_engine(path: Path) -> NetworkInfo:
-    from retinanet_trt.runtime.backends.trt_backend import load_sidecar
+    from retinanet_trt.runtime.backends.trt_sidecar import load_sidecar
 
     sidecar = load_sidecar(path)
     spec = ModelSpec.from_dict(sidecar.get("spec") or {})

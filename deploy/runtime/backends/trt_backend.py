@@ -1,7 +1,8 @@
 """TensorRT engine backend: one engine, one CUDA stream, pinned host and device buffers, optional CUDA graph.
 
 TensorRT is reached only through retinanet_trt.tensorrt.engine and CUDA only through retinanet_trt.tensorrt.cuda
-(cuda-python; see that module for why not pycuda), both imported when a backend is created.
+(cuda-python; see that module for why not pycuda), both imported when a backend is created. What the
+engine file says it is (sidecar, spec, bindings) is checked by trt_sidecar.py first.
 
 Per run: copy the batch into pinned memory, then on the stream: H2D, execute_async_v3 (or replay
 of a CUDA graph captured for this input shape), D2H of every output; CUDA events around each part
@@ -16,65 +17,22 @@ stream is synchronized exactly that shape is copied back. Such engines cannot us
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.backends.base import StageTimes
+from retinanet_trt.runtime.backends.trt_sidecar import check_bindings, check_sidecar, engine_spec
 from retinanet_trt.spec import ModelSpec
-from retinanet_trt.tensorrt.build import SIDECAR_FORMAT, sidecar_path
 
 if TYPE_CHECKING:
     from retinanet_trt.tensorrt import cuda as cuda_rt
     from retinanet_trt.tensorrt.engine import LayerTimes, ShapeRange, TensorInfo
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
-
-
-def load_sidecar(engine_path: Path) -> dict[str, Any]:
-    """The JSON trt-build wrote beside the engine (X.engine.json); UsageError if missing or foreign."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise UsageError(f"{path.name} not found beside {engine_path}; trt-build writes it with the engine, keep them together")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not readable JSON ({exc}); rebuild the engine with trt-build") from exc
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise UsageError(f"{path} is not a retinanet_trt engine sidecar; rebuild the engine with trt-build")
-    return sidecar
-
-
-def check_sidecar(sidecar: dict[str, Any], engine_path: Path, *, trt_version: str, gpu_name: str) -> None:
-    """UsageError when the engine was built for another TensorRT or GPU, or the sidecar is another engine's.
-
-    A version-compatible engine may run on the same or a newer TensorRT; any engine needs the GPU
-    it was built on (no hardware-compatibility builds here).
-    """
-    built_trt = str(sidecar.get("tensorrt_version"))
-    built_gpu = str(sidecar.get("gpu", {}).get("name"))
-    version_ok = built_trt == trt_version or (
-        bool(sidecar.get("options", {}).get("version_compatible"))
-        and _version_tuple(trt_version) >= _version_tuple(built_trt)
-    )
-    if not version_ok or built_gpu != gpu_name:
-        raise UsageError(
-            f"{engine_path.name} was built with TensorRT {built_trt} on {built_gpu}, this host has TensorRT "
-            f"{trt_version} on {gpu_name}; rebuild it here with trt-build"
-        )
-    size = engine_path.stat().st_size
-    if sidecar.get("engine_bytes") != size:
-        raise UsageError(
-            f"{engine_path.name}.json describes a {sidecar.get('engine_bytes')}-byte engine, {engine_path.name} has "
-            f"{size} bytes; rebuild it with trt-build"
-        )
 
 
 class _GrowingOutput:
@@ -151,48 +109,6 @@ class _GrowingOutput:
 def _fits(shape: tuple[int, ...], rng: ShapeRange) -> bool:
     lo, _, hi = rng
     return len(shape) == len(lo) and all(a <= s <= b for s, a, b in zip(shape, lo, hi, strict=True))
-
-
-def engine_spec(engine: Path, spec: ModelSpec | None, onnx: str | os.PathLike[str] | None
-                ) -> tuple[dict[str, Any] | None, ModelSpec]:
-    """(sidecar or None, spec) of an engine: trt-build's sidecar, or for an engine built elsewhere
-    (trtexec, Polygraphy: no sidecar) the spec given, or the one stored in the ONNX it was built from."""
-    if spec is not None and onnx is not None:
-        raise UsageError("give the engine's spec either as --spec SPEC.json or as --onnx MODEL.onnx, not both")
-    if onnx is not None:
-        from retinanet_trt.spec.metadata import load_onnx, read_spec
-
-        spec = read_spec(load_onnx(onnx))
-    has_sidecar = sidecar_path(engine).is_file()
-    if spec is None and not has_sidecar:
-        raise UsageError(
-            f"{engine.name} has no sidecar ({sidecar_path(engine).name}), as engines built by trtexec or Polygraphy "
-            "do not; pass --spec SPEC.json or --onnx MODEL.onnx (the ONNX it was built from)"
-        )
-    sidecar = load_sidecar(engine) if has_sidecar else None
-    if spec is None:
-        assert sidecar is not None
-        try:
-            spec = ModelSpec.from_dict(sidecar["spec"])
-        except (KeyError, UsageError) as exc:
-            raise UsageError(f"{sidecar_path(engine).name}: its spec is missing or invalid ({exc}); "
-                             "rebuild with trt-build or pass --spec / --onnx") from None
-    return sidecar, spec
-
-
-def check_bindings(spec: ModelSpec, image_input: TensorInfo, outputs: Sequence[TensorInfo], where: str) -> None:
-    """One (N, 3, H, W) input and the spec's head outputs (or the end-to-end ones), with the spec's
-    channel counts where the engine fixes them: a wrong --spec fails here, not as wrong boxes."""
-    from retinanet_trt.spec.metadata import check_head_outputs
-
-    shape = tuple(image_input.shape)
-    if image_input.dtype == np.uint8:  # trt-export --input-format uint8: (N, H, W, 4), normalised in the graph
-        if len(shape) != 4 or shape[3] not in (4, -1):
-            raise UsageError(f"{where}: uint8 input {image_input.name} has shape {list(shape)}; this backend feeds "
-                             "(N, H, W, 4) uint8 images (RGB + valid mask, trt-export --input-format uint8)")
-    elif len(shape) != 4 or shape[1] not in (3, -1):
-        raise UsageError(f"{where}: input {image_input.name} has shape {list(shape)}; this backend feeds (N, 3, H, W) images")
-    check_head_outputs(spec, {t.name: tuple(t.shape) for t in outputs}, where)
 
 
 class TrtBackend:
