@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from retinanet_trt.runtime import postprocess as pp
+from retinanet_trt.runtime import nms
 from retinanet_trt.runtime.anchors import grid_anchors
 from retinanet_trt.runtime.box_coder import decode
-from retinanet_trt.runtime.postprocess import batched_nms, postprocess
+from retinanet_trt.runtime.nms import batched_nms
+from retinanet_trt.runtime.postprocess import postprocess
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.spec import AnchorSpec, BoxCoderSpec, FPNSpec, HeadSpec, ModelSpec, PostprocessSpec
 
@@ -253,6 +254,6 @@ def test_dense_class_uses_greedy_loop_with_same_result(monkeypatch: pytest.Monke
     scores = rng.random(200).astype(np.float32)
     classes = rng.integers(0, 3, 200)
     vectorised = batched_nms(boxes, scores, classes, 0.5)
-    monkeypatch.setattr(pp, "_MAX_PAIRS_PER_CLASS", 50)
+    monkeypatch.setattr(nms, "_MAX_PAIRS_PER_CLASS", 50)
     np.testing.assert_array_equal(batched_nms(boxes, scores, classes, 0.5), vectorised)
     assert batched_nms(boxes[:0], scores[:0], classes[:0], 0.5).shape == (0,)
