@@ -106,6 +106,7 @@ def layers_to_fp16(model: onnx.ModelProto, layers: list[str], peaks: dict[str, f
     inits = {t.name: t for t in model.graph.initializer}
     wanted = set(layers)
     classes: dict[str, str] = {}
+    replaced: set[str] = set()
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.name not in wanted:
@@ -122,6 +123,7 @@ def layers_to_fp16(model: onnx.ModelProto, layers: list[str], peaks: dict[str, f
             nodes.append(node)
             continue
         halves = []
+        replaced.update(c.name for c in consts)
         for c in consts:
             half = numpy_helper.from_array(numpy_helper.to_array(c).astype(np.float16), f"{c.name}.{node.name}.fp16")
             model.graph.initializer.append(half)
@@ -137,4 +139,9 @@ def layers_to_fp16(model: onnx.ModelProto, layers: list[str], peaks: dict[str, f
     # value_info and every consumer stay valid
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    # an FP32 weight no layer reads any more (not shared with a layer left as it was) goes
+    used = {name for n in model.graph.node for name in n.input}
+    kept_inits = [t for t in model.graph.initializer if t.name in used or t.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_inits)
     return classes

@@ -67,6 +67,16 @@ def test_named_layer_computes_in_fp16_the_rest_as_before(seed: int) -> None:
     assert inits[c.input[1]].data_type == TensorProto.FLOAT
     a = next(n for n in model.graph.node if n.name == "a")
     assert inits[a.input[1]].data_type == TensorProto.FLOAT16 and inits[a.input[2]].data_type == TensorProto.FLOAT16
+    # w and b stay: c still reads them
+
+
+def test_a_weight_no_layer_reads_any_more_is_dropped() -> None:
+    model, _ = _model(np.random.default_rng(0))
+    assert layers_to_fp16(model, ["a", "b", "c"], peaks={}) == {"a": "fp16", "b": "fp16", "c": "fp16"}
+    onnx.checker.check_model(model, full_check=True)
+    names = {t.name for t in model.graph.initializer}
+    assert not names & {"w", "b", "w2"} and len(names) == 5  # a's and c's own FP16 w and b, b's w2
+    assert all(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
 
 
 def test_a_layer_fp16_cannot_hold_stays_fp32() -> None:
