@@ -121,8 +121,8 @@ class Budget:
 def quantize_keeping(src: Path, out: Path, ranges: dict[str, Any], method: str, excluded: list[str], kept: list[str],
                      keep_as: str) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Write the INT8 file of `src` with `excluded` and `kept` out of INT8, the kept layers in
-    `keep_as` (fp16: where FP16 holds them, judged on the ranges' peaks, which for entropy and
-    percentile are the chosen clip points); return it and {kept layer: what it computes in}."""
+    `keep_as` (fp16: where FP16 holds them, judged on the observed peaks the calibration kept);
+    return it and {kept layer: what it computes in}."""
     model = int8.quantize(src, out, ranges, int8.QuantizeConfig(method=method, exclude=excluded + kept))
     if keep_as == "fp32" or not kept:
         return model, {layer: "fp32" for layer in kept}

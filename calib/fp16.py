@@ -33,11 +33,14 @@ OP_BLOCK_LIST = [op for op in float16.DEFAULT_OP_BLOCK_LIST if op not in _FP16_S
 
 
 def tensor_peaks(ranges: dict[str, Any]) -> dict[str, float]:
-    """Max |value| per tensor from ORT's TensorsData dict (as saved in the calibration cache)."""
+    """Max |value| per tensor from ORT's TensorsData dict (as saved in the calibration cache): the
+    observed peak where the calibration kept it ("observed_absmax": entropy and percentile ranges
+    clip below it), else the range's ends (max ranges are the observed ones)."""
+    observed = ranges.get("observed_absmax") or {}
     peaks: dict[str, float] = {}
     for name, entry in ranges.get("data", {}).items():
         lo, hi = entry["lowest"]["data"], entry["highest"]["data"]
-        peaks[name] = float(max(np.max(np.abs(lo)), np.max(np.abs(hi))))
+        peaks[name] = max(float(observed.get(name, 0.0)), float(max(np.max(np.abs(lo)), np.max(np.abs(hi)))))
     return peaks
 
 

@@ -187,7 +187,10 @@ def calibrate(model_path: Path, inputs: list[np.ndarray], method: str, progress:
                 for k, (lo, hi) in thresholds.items()})
         path = Path(tmp) / "ranges.json"
         save_tensors_data(ranges, path)
-        return json.loads(path.read_text())
+        out: dict[str, Any] = json.loads(path.read_text())
+        if histogram:  # the chosen ranges clip; FP16's overflow check needs the observed peaks
+            out["observed_absmax"] = {k: max(abs(lo), abs(hi)) for k, (lo, hi) in bounds.items()}
+        return out
 
 
 def histogram_ranges(model: Path, augmented: Path, inputs: list[np.ndarray], bounds: dict[str, tuple[float, float]],

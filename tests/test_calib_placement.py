@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from retinanet_trt.calib import int8, lint, placement, select
+from retinanet_trt.calib import fp16, int8, lint, placement, select
 from retinanet_trt.calib.placement import ACTIVATION, WEIGHT, Site
 
 FIXTURE = Path(__file__).parent / "data" / "tiny_modelopt_int8.onnx"
@@ -277,9 +277,12 @@ def test_ranges_do_not_depend_on_batching_or_order(block_file: tuple[Path, list[
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     data = first["data"]
     assert "c2_out" in data and "pool_out" in data
+    peak = max(float(np.max(np.abs(x))) for x in inputs)
     if method != "minmax":  # a histogram method clips: no wider than the max range
-        peak = max(float(np.max(np.abs(x))) for x in inputs)
         assert float(data["x"]["highest"]["data"][0]) <= peak + 1e-6
+        # ... and keeps the observed peak for FP16's overflow check
+        assert first["observed_absmax"]["x"] == pytest.approx(peak, rel=1e-6)
+    assert fp16.tensor_peaks(first)["x"] == pytest.approx(peak, rel=1e-6)
 
 
 def _pytorch_quantization_amax(calib_hist: np.ndarray, calib_bin_edges: np.ndarray, stride: int = 1,
