@@ -133,7 +133,7 @@ def load_cache(path: Path, key: CacheKey) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
         fmt, stored, ranges = data["format"], data["parts"], data["ranges"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UsageError(f"calibration cache {path} is not readable ({type(exc).__name__}); delete it or choose another --cache") from exc
     if fmt != CACHE_FORMAT:
         raise UsageError(f"calibration cache {path} has format {fmt!r}, expected {CACHE_FORMAT!r}; delete it to recalibrate")

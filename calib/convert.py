@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -18,7 +19,7 @@ import onnx
 
 from retinanet_trt.calib import budget, cache, fp16, int8, lint, report_cache, scoring, select, sets
 from retinanet_trt.errors import UsageError
-from retinanet_trt.fileio import check_writable, sha256_file, write_bytes_atomic
+from retinanet_trt.fileio import atomic_path, check_writable, sha256_file
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.spec.metadata import load_onnx, read_info, resolve_spec, set_metadata
 from retinanet_trt.versions import package_versions
@@ -131,9 +132,9 @@ def _calibration(model: _Model, opts: ConvertOptions, method: str, timings: dict
 
 
 def _write(model: onnx.ModelProto, spec: ModelSpec, info: dict[str, Any], out: Path) -> lint.LintResult:
-    """Store spec and info, write atomically, then lint the file as written."""
+    """Store spec and info, write to `out` (convert's staging file), then lint the file as written."""
     set_metadata(model, spec, info)
-    write_bytes_atomic(out, model.SerializeToString())
+    out.write_bytes(model.SerializeToString())
     return lint.lint_file(out)
 
 
@@ -175,7 +176,11 @@ def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions
         excluded = select.select_nodes(model.proto, opts.exclude) if opts.exclude else []
         overflow = fp16.overflow_nodes(model.proto, fp16.tensor_peaks(ranges)) if ranges else []
         excluded += [n for n in overflow if n not in excluded]
-        converted = fp16.convert_fp16(model.proto, excluded)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        # a head conv kept FP32 at one level shares its weights with the levels converted to FP16
+        int8.untie_excluded_weights(proto, set(excluded))
+        converted = fp16.convert_fp16(proto, excluded)
         done["fp16_overflow_nodes"] = overflow
     info["kept_fp32"] = excluded
     lint_result = _write(converted, model.spec, info, out)
@@ -254,35 +259,41 @@ def convert(src: Path, precision: str, out: Path, opts: ConvertOptions) -> dict[
     cache_info.update(report_path=str(rpath), report_reused=False, output_reused=False)
     if note:
         cache_info["report_note"] = note
-    if entry is not None and out.is_file() and sha256_file(out) == entry["output_sha256"]:
-        conversion, cache_info["output_reused"] = entry["conversion"], True
-        timings["convert_s"] = 0.0
-    else:
-        t0 = time.perf_counter()
-        conversion = _convert_file(model, precision, out, opts, method, ranges, images, source, cache_info["key"],
-                                   entry["conversion"] if entry is not None else None)
-        timings["convert_s"] = time.perf_counter() - t0
-    report.update(conversion)
-    out_sha = sha256_file(out)
-    if entry is not None and out_sha == entry["output_sha256"]:
-        scores = entry["scores"]
-        cache_info.update(report_reused=True, scored_at=entry.get("scored_at"), scored_times_s=entry.get("times_s"))
-    else:
-        if entry is not None:
-            cache_info["report_note"] = f"{out} differs from the file the cached report scored; re-scored"
-        score_times: dict[str, float] = {}
-        searched = conversion.get("budget")
-        scores = scoring.score(
-            src, out, precision, proto=model.proto, spec=model.spec, input_hw=model.input_hw, batch=model.batch,
-            source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images,
-            sensitivity=opts.sensitivity, ranges=ranges, method=method, excluded=conversion["exclusions"],
-            progress=opts.progress, timings=score_times, known_map=searched.get("map_scores") if searched else None)
-        if searched:
-            score_times["budget_search_s"] = searched.get("search_s", 0.0)
-        timings.update(score_times)
-        written = report_cache.save_entry(rpath, parts, out_sha, conversion, scores, score_times)
-        if written:
-            cache_info["report_note"] = written
+    reuse_output = entry is not None and out.is_file() and sha256_file(out) == entry["output_sha256"]
+    with contextlib.ExitStack() as stack:
+        # A new file is made and scored under a temporary name and renamed onto `out` only when the
+        # report is complete: an error, Ctrl-C or SIGTERM leaves no output (and an older one intact).
+        target = out if reuse_output else stack.enter_context(atomic_path(out, suffix=".onnx"))
+        if reuse_output:
+            assert entry is not None
+            conversion, cache_info["output_reused"] = entry["conversion"], True
+            timings["convert_s"] = 0.0
+        else:
+            t0 = time.perf_counter()
+            conversion = _convert_file(model, precision, target, opts, method, ranges, images, source,
+                                       cache_info["key"], entry["conversion"] if entry is not None else None)
+            timings["convert_s"] = time.perf_counter() - t0
+        report.update(conversion)
+        out_sha = sha256_file(target)
+        if entry is not None and out_sha == entry["output_sha256"]:
+            scores = entry["scores"]
+            cache_info.update(report_reused=True, scored_at=entry.get("scored_at"), scored_times_s=entry.get("times_s"))
+        else:
+            if entry is not None:
+                cache_info["report_note"] = f"{out} differs from the file the cached report scored; re-scored"
+            score_times: dict[str, float] = {}
+            searched = conversion.get("budget")
+            scores = scoring.score(
+                src, target, precision, proto=model.proto, spec=model.spec, input_hw=model.input_hw, batch=model.batch,
+                source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images,
+                sensitivity=opts.sensitivity, ranges=ranges, method=method, excluded=conversion["exclusions"],
+                progress=opts.progress, timings=score_times, known_map=searched.get("map_scores") if searched else None)
+            if searched:
+                score_times["budget_search_s"] = searched.get("search_s", 0.0)
+            timings.update(score_times)
+            written = report_cache.save_entry(rpath, parts, out_sha, conversion, scores, score_times)
+            if written:
+                cache_info["report_note"] = written
     if opts.cache is None:
         report_cache.remember(cache_dir, out, parts)
     report.update(scores)

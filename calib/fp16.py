@@ -75,7 +75,22 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: list[str] | None = None) -> 
             node_block_list=list(keep_fp32 or []),
         )
     _restore_fp32_resize_params(converted)
+    _restore_fp32_outputs(converted)
     return converted
+
+
+def _restore_fp32_outputs(model: onnx.ModelProto) -> None:
+    """keep_io_types ends every graph output with a Cast to FP16 it then undoes, except behind a
+    node kept FP32 (a predictor conv excluded by level): there the output would stay FLOAT16. Such a
+    Cast reads an FP32 tensor, so it becomes a Cast to FP32 (an identity) and the output FP32 again."""
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 or out.name not in casts:
+            continue
+        for attr in casts[out.name].attribute:
+            if attr.name == "to":
+                attr.i = onnx.TensorProto.FLOAT
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def _restore_fp32_resize_params(model: onnx.ModelProto) -> None:

@@ -32,6 +32,9 @@ def check_writable(path: PathLike) -> Path:
     out = Path(path)
     if str(path).endswith(os.sep) or out.is_dir():
         raise UsageError(f"output path {out} is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        # a rename would replace a device, FIFO or socket with a regular file (/dev/null included)
+        raise UsageError(f"output path {out} is not a regular file (a device, FIFO or socket); give a file path")
     parent = out.parent if str(out.parent) else Path(".")
     for folder in (parent, *parent.parents):
         if folder.exists() and not folder.is_dir():
@@ -68,12 +71,16 @@ def read_json(path: PathLike, what: str, hint: str) -> Any:
     """The JSON in `path`; UsageError naming `what` and saying what to do (`hint`) when the file is
     missing, unreadable or not JSON."""
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"{what} {file} is a folder, not a file; {hint}")
     if not file.is_file():
         raise UsageError(f"{what} {file} not found; {hint}")
     try:
         return json.loads(file.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{what} {file} is not valid JSON ({exc}); {hint}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {file} nests too deeply to read (thousands of levels); {hint}") from None
     except OSError as exc:
         raise UsageError(f"{what} {file} cannot be read ({exc.strerror}); {hint}") from None
 
@@ -124,9 +131,9 @@ def _umask() -> int:
 
 
 def _remove_stale_parts(out: Path) -> None:
-    """Remove `.NAME.<pid>.*.part` files of writers that no longer run (killed by SIGKILL)."""
+    """Remove `.NAME.<pid>.*.part[SUFFIX]` files of writers that no longer run (killed by SIGKILL)."""
     folder = out.parent if str(out.parent) else Path(".")
-    for part in folder.glob(f".{out.name}.*.part"):
+    for part in folder.glob(f".{out.name}.*.part*"):
         pid = part.name[len(out.name) + 2:].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -160,8 +167,9 @@ def faults_name(path: PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto `path` only if the block succeeds.
+    suffix: after the temporary name's `.part`, for readers that go by extension (".onnx").
 
     The file gets the mode a plain write would (0666 less the umask), not mkstemp's 0600, so
     a Triton container or a colleague can read it. A disk-full error becomes EnvironmentFault.
@@ -169,7 +177,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     out = check_writable(path)
     folder = out.parent if str(out.parent) else Path(".")
     _remove_stale_parts(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=f".part{suffix}", dir=folder)
     try:
         with faults_name(out):
             os.fchmod(fd, 0o666 & ~_umask())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from retinanet_trt.errors import EnvironmentFault, Terminated, UsageError
+from retinanet_trt.fileio import read_json
 
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 1
@@ -67,6 +68,11 @@ def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ENVIRONMENT
+    except RecursionError:
+        # Only an input nests this deep (JSON brackets thousands of levels down): Python's readers recurse.
+        print(f"{prog}: error: an input file nests too deeply to read (thousands of levels, e.g. JSON "
+              "brackets); check the JSON files given", file=sys.stderr)
+        return EXIT_USAGE
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
@@ -129,12 +135,11 @@ def read_spec_file(text: str | os.PathLike[str]) -> Any:
     from retinanet_trt.spec import ModelSpec
 
     path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"--spec {path} not found; write one with `trt-inspect CHECKPOINT --spec-json {path}`")
-    try:
-        return ModelSpec.from_json(path.read_text())
-    except UnicodeDecodeError:
-        raise UsageError(f"--spec {path} is not a JSON text file") from None
+    hint = f"write one with `trt-inspect CHECKPOINT --spec-json {path}`"
+    data = read_json(path, "--spec", hint)
+    if not isinstance(data, dict):
+        raise UsageError(f"--spec {path}: a spec is a JSON object with backbone/fpn/head/... fields; {hint}")
+    return ModelSpec.from_dict(data)
 
 
 def model_options(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:

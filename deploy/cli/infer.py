@@ -8,6 +8,7 @@ detections.json nor a detections.json of `[]`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"--min-score {args.min_score}: scores are between 0 and 1")
     pipeline = pipeline_options(args)
     existing_ancestor(args.output, "-o")  # fail before any work
+    for entry in args.inputs:
+        if Path(entry).is_dir() and args.output.exists() and os.path.samefile(entry, args.output):
+            raise UsageError(f"-o {args.output} is the input folder {entry}: its annotated images would be read as "
+                             "inputs by the next run; choose another -o folder")
     paths = list(dict.fromkeys(find_images(args.inputs)))  # the same file named twice is one image
     if not paths:
         raise UsageError(f"no images found in {' '.join(args.inputs)}; give image files or folders with .jpg/.png files")

@@ -7,6 +7,8 @@ from typing import Any
 
 from retinanet_trt.runtime.pipeline import DEFAULT_QUEUE_MB, MAX_WORKERS, check_workers, default_workers
 
+MAX_QUEUE_MB = 1 << 20  # a terabyte of in-flight batches: anything above is a typo
+
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
@@ -25,6 +27,6 @@ def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
 
     if not 1 <= args.batch <= 256:
         raise UsageError(f"--batch {args.batch}: give 1..256 images per inference")
-    if not args.queue_mb > 0:
-        raise UsageError(f"--queue-mb {args.queue_mb}: give a positive number of megabytes")
+    if not 0 < args.queue_mb <= MAX_QUEUE_MB:  # also refuses nan and inf
+        raise UsageError(f"--queue-mb {args.queue_mb}: give a number of megabytes, 0 < MB <= {MAX_QUEUE_MB:g}")
     return {"batch_size": args.batch, "workers": check_workers(args.workers), "max_queue_mb": args.queue_mb}

@@ -166,8 +166,8 @@ def plan_depth(detector: Detector, workers: int, batch_size: int, max_queue_mb: 
     """Batches in flight: enough to keep `workers` threads and the backend busy (workers + 2), no
     more than the memory bound allows (at least 1: a batch larger than the bound runs alone)."""
     bound = (DEFAULT_QUEUE_MB if max_queue_mb is None else float(max_queue_mb)) * 2**20
-    if bound <= 0:
-        raise UsageError(f"--queue-mb {max_queue_mb}: give a positive number of megabytes")
+    if not 0 < bound < float("inf"):  # nan fails both
+        raise UsageError(f"--queue-mb {max_queue_mb}: give a finite, positive number of megabytes")
     per_batch = max(1, estimate_batch_bytes(detector, batch_size))
     return max(1, min(workers + 2, int(bound // per_batch)))
 

@@ -34,8 +34,12 @@ def load_onnx(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.M
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     path = os.fspath(model_or_path)
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder, not an ONNX file; give the .onnx file")
     if not os.path.isfile(path):
         raise UsageError(f"ONNX file {path} not found; export one with `trt-export ... -o {path}`")
+    if os.path.getsize(path) == 0:  # protobuf parses 0 bytes as an empty model, which says nothing useful
+        raise UsageError(f"{path} is empty (0 bytes); re-export it with trt-export")
     try:
         return onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises several types for truncated/corrupt files

@@ -251,8 +251,9 @@ class ModelSpec:
     def from_json(cls, text: str) -> ModelSpec:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"spec is not valid JSON ({exc}); pass a file written by `trt-inspect --spec-json`") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise UsageError(f"spec is not valid JSON ({type(exc).__name__}: {str(exc)[:80]}); "
+                             "pass a file written by `trt-inspect --spec-json`") from None
         if not isinstance(data, dict):
             raise UsageError("spec JSON must be an object with backbone/fpn/head/... fields")
         return cls.from_dict(data)
