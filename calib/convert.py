@@ -145,7 +145,8 @@ def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions
     (calibration summary, exclusions, lint, fp16_overflow_nodes, budget). cached: what a cached
     report for the same inputs recorded of the conversion, so that a rerun to another output
     neither draws the calibration images again nor redoes the budget's search."""
-    info = {**model.info, "precision": precision}
+    # the FP32 file it was made from, so scoring it later against another one (--onnx) is refused
+    info = {**model.info, "precision": precision, "source_sha256": sha256_file(model.path)}
     done: dict[str, Any] = {}
     searched = (cached or {}).get("budget")
     if cached and "calibration" in cached:
@@ -319,6 +320,10 @@ def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[
     if differ:
         raise UsageError(f"{model_path} and --onnx {reference} are not the same network ({differ}); "
                          "give the FP32 file this one was made from")
+    made_from = read_info(scored).get("source_sha256")
+    if made_from and made_from != sha256_file(reference):
+        raise UsageError(f"{model_path} was made from another FP32 file than --onnx {reference} (its metadata "
+                         "records the source's sha256); give the file it was made from")
     spec = resolve_spec(scored, spec=ref.spec)  # checked against the scored graph's outputs
     precision = detect_precision(scored)
     if precision == "fp32":
@@ -341,10 +346,17 @@ def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[
         reference, model_path, precision, proto=ref.proto, spec=spec, input_hw=ref.input_hw, batch=ref.batch,
         source=source, images=images, evaluate_map=opts.evaluate_map, eval_images=opts.eval_images, sensitivity=False,
         ranges=None, method="minmax", excluded=[], progress=opts.progress, timings=timings))
+    worst = min(report["sqnr_db"].values())
+    if worst < UNRELATED_SQNR_DB:  # noise above the signal: no quantizer does that to its own source
+        report["warning"] = (f"--onnx {reference}: {model_path}'s outputs differ from it by more than their own size "
+                             f"(worst SQNR {worst:.1f} dB); is it the FP32 file this one was made from?")
     timings["total_s"] = time.perf_counter() - t_start
     report["times_s"] = timings
     report["versions"] = package_versions()
     return report
+
+
+UNRELATED_SQNR_DB = 0.0  # below this, a scored file is probably not a conversion of the --onnx file
 
 
 def float_weight_layers(model: onnx.ModelProto) -> list[str]:

@@ -151,3 +151,48 @@ def test_calib_interrupted_while_scoring_leaves_no_output(sig: int, code: int, t
     assert proc.returncode == code, err
     assert not out.exists() and not report.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_scoring_against_another_fp32_file_is_refused_or_warned(tmp_path: Path, demo: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """trt-calib X.int8.onnx --onnx OTHER.onnx: refused (exit 2) when X records its source and it is
+    another file; a file without that record (another tool's) gets a one-line warning instead."""
+    from retinanet_trt.export.pipeline import ExportOptions, export_onnx
+    from retinanet_trt.model import build_model
+    from retinanet_trt.spec.metadata import read_spec
+
+    spec = read_spec(demo)
+    other = tmp_path / "other.onnx"  # the demo's architecture and input, random weights
+    export_onnx(build_model(spec, seed=3), spec, other, ExportOptions(input_hw=(256, 320)))
+    q = tmp_path / "demo.int8.onnx"
+    assert calib_cli.main([str(demo), "--int8", "--calib", "demo", "--calib-images", "2", "--no-map", "--quiet",
+                           "-o", str(q)]) == 0
+    capsys.readouterr()
+    assert calib_cli.main([str(q), "--onnx", str(other), "--no-map"]) == 2
+    _one_line(capsys, "made from another FP32 file")
+    model = onnx.load(str(q))  # the same file without this project's record of its source
+    kept = [p for p in model.metadata_props]
+    del model.metadata_props[:]
+    for prop in kept:
+        if prop.key != "retinanet_trt.info":
+            model.metadata_props.add(key=prop.key, value=prop.value)
+    foreign = tmp_path / "foreign.int8.onnx"
+    onnx.save(model, str(foreign))
+    assert calib_cli.main([str(foreign), "--onnx", str(other), "--no-map"]) == 0
+    _one_line(capsys, "warning", "is it the FP32 file")
+    assert calib_cli.main([str(foreign), "--onnx", str(demo), "--no-map"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--fp16", "--sensitivity"], "--sensitivity applies to --int8 only"),
+    (["--fp16", "--method", "entropy"], "--method applies to --int8 only"),
+    (["--fp16", "--quantize-predictors"], "--quantize-predictors applies to --int8 only"),
+    (["--int8", "--calib", "demo", "--image-root", "nowhere"], "--image-root"),
+])
+def test_flags_that_do_not_apply_are_refused(extra: list[str], needle: str, tmp_path: Path, demo: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    assert calib_cli.main([str(demo), *extra, "--no-map", "-o", str(out)]) == 2
+    _one_line(capsys, needle)
+    assert not out.exists()

@@ -82,6 +82,9 @@ BAD_STATIC = [
     (lambda m, t: [m, "--onnx-only"], "add --fp16 or --int8"),
     (lambda m, t: [m, "--fp16", "--int8"], "not allowed with"),
     (lambda m, t: [m, "--workspace", "0"], "positive size"),
+    (lambda m, t: [m, "--workspace", "nan"], "positive size"),
+    (lambda m, t: [m, "--workspace", "inf"], "positive size"),
+    (lambda m, t: [m, "--workspace", "1e30"], "at most 1024"),
     (lambda m, t: [m, "--builder-opt-level", "9"], "use 0..5"),
     (lambda m, t: [m, "--plugin-lib", f"{t}/nope.so"], "plugin library"),
     (lambda m, t: [m, "--timing-cache", f"{t}/missing/cache.bin"], "does not exist"),
@@ -112,6 +115,8 @@ BAD_DYNAMIC = [
     (["--shapes", "1x3x256x160/1x3x128x160/1x3x128x160"], "0 < min <= opt <= max"),
     (["--shapes", "1x3x128/1x3x128/1x3x128"], "has 4 dimensions"),
     (["--fp16", "--dla-core", "0", "--shapes", "1x3x128x160/1x3x256x320/1x3x256x320"], "DLA has no dynamic shapes"),
+    (["--shapes", "1x3x33x33/1x3x128x160/1x3x256x320"], "multiples of 32"),
+    (["--shapes", "1x3x128x160/1x3x128x160/1x3x99999x99999"], "at most 16384"),
 ]
 
 

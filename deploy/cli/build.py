@@ -22,7 +22,7 @@ from retinanet_trt.cli.common import (
 from retinanet_trt.errors import UsageError
 from retinanet_trt.fileio import check_outputs
 from retinanet_trt.spec.metadata import load_onnx, resolve_spec
-from retinanet_trt.tensorrt.build import build_engine, check_options, detect_precision, onnx_inputs, resolve_profiles
+from retinanet_trt.tensorrt.build import build_engine, check_options, detect_precision, plan_profiles
 from retinanet_trt.tensorrt.engine import ShapeRange, TrtError, TrtUnavailable, available
 
 EXAMPLES = """\
@@ -175,7 +175,7 @@ def _main(argv: list[str] | None) -> int:
         calib_cache=None,  # --calib-cache may be written by the conversion
     )
     if args.shapes or not args.onnx_only:  # the precision ONNX alone needs no shape ranges
-        resolve_profiles(onnx_inputs(source), args.shapes, dla=args.dla_core is not None)
+        plan_profiles(source, args.shapes, spec, dla=args.dla_core is not None)
     engine_path, precision_onnx = _output_paths(args, precision)
     needs_conversion = precision != "fp32" and found != precision
     if args.onnx_only and not needs_conversion:

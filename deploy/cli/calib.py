@@ -105,7 +105,8 @@ def print_report(r: dict[str, Any]) -> None:
     if cal:
         skipped = f", skipped {cal['skipped_unreadable']} unreadable, {cal['skipped_unfit']} not fitting" \
             if cal["skipped_unreadable"] or cal["skipped_unfit"] else ""
-        print(f"calibration: {cal['images_used']} images from {cal['set']} (seed {cal['seed']}), method {cal['method']}{skipped}")
+        how = f"method {cal['method']}" if cal["method"] else "held out of the mAP set (the file's ranges are its own tool's)"
+        print(f"calibration: {cal['images_used']} images from {cal['set']} (seed {cal['seed']}), {how}{skipped}")
     c = r.get("cache", {})
     if c.get("path"):
         state = "reused" if c["reused"] else "written"
@@ -231,6 +232,14 @@ def _main(argv: list[str] | None) -> int:
     scoring = args.onnx is not None
     if not scoring and not args.precision:
         raise UsageError("give --int8 or --fp16 (or --onnx FP32.onnx to score a file that is already converted)")
+    if args.precision == "fp16" and not scoring:
+        for flag, given in (("--method", args.method), ("--sensitivity", args.sensitivity),
+                            ("--quantize-predictors", args.quantize_predictors)):
+            if given:
+                raise UsageError(f"{flag} applies to --int8 only (FP16 has no quantization ranges); drop it or give --int8")
+    if args.image_root and not calib_file:
+        raise UsageError(f"--image-root {args.image_root} applies to a COCO json --calib (where its file names are "
+                         f"relative to); --calib {args.calib} needs none")
     out = None if scoring else Path(args.output) if args.output else src.with_name(f"{src.stem}.{args.precision}.onnx")
     check_outputs({"-o": out, "--json": args.json, "--cache": args.cache},
                   {"MODEL": src, "--calib": calib_file, "--onnx": args.onnx, "--spec": args.spec})
@@ -250,6 +259,8 @@ def _main(argv: list[str] | None) -> int:
     )
     report = _score_only(args, opts) if scoring else convert(src, args.precision, out, opts)
     print_report(report)
+    if report.get("warning"):
+        print(f"trt-calib: warning: {report['warning']}", file=sys.stderr)
     if args.json:
         write_bytes_atomic(args.json, (report_json(report) + "\n").encode())
         print(f"report: {args.json}")

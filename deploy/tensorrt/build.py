@@ -60,6 +60,10 @@ def _fmt(dims: Sequence[int | None]) -> str:
     return "x".join("?" if d is None else str(d) for d in dims)
 
 
+MAX_WORKSPACE_GB = 1024  # above any GPU's memory: a typo
+MAX_SHAPE_DIM = 16384  # per dimension of --shapes: larger is a typo that would exhaust the builder
+
+
 def resolve_profiles(
     inputs: dict[str, tuple[int | None, ...]], shapes: Sequence[ShapeRange] | None, *, dla: bool = False
 ) -> list[Profile]:
@@ -90,6 +94,9 @@ def resolve_profiles(
                 raise UsageError(f"--shapes {text}: dimension {axis} of input {name} is fixed at {fixed}")
             if not 0 < lo[axis] <= opt[axis] <= hi[axis]:
                 raise UsageError(f"--shapes {text}: each dimension needs 0 < min <= opt <= max")
+            if hi[axis] > MAX_SHAPE_DIM:
+                raise UsageError(f"--shapes {text}: {hi[axis]} is larger than any input a detector takes "
+                                 f"(at most {MAX_SHAPE_DIM} per dimension)")
         if dla and not lo == opt == hi:
             raise UsageError(f"--shapes {text}: DLA has no dynamic shapes; give min = opt = max")
         profiles.append({name: (tuple(lo), tuple(opt), tuple(hi))})
@@ -113,6 +120,31 @@ def detect_precision(model: onnx.ModelProto) -> str:
     return "fp32"
 
 
+def plan_profiles(model: onnx.ModelProto, shapes: Sequence[ShapeRange] | None, spec: ModelSpec,
+                  dla: bool = False) -> list[Profile]:
+    """resolve_profiles for the model's input, each H and W checked against the spec's padding."""
+    profiles = resolve_profiles(onnx_inputs(model), shapes, dla=dla)
+    uint8 = any(i.type.tensor_type.elem_type == onnx.TensorProto.UINT8 for i in model.graph.input)
+    check_profile_padding(profiles, spec, nhwc=uint8)
+    return profiles
+
+
+def check_profile_padding(profiles: Sequence[Profile], spec: ModelSpec, nhwc: bool = False) -> None:
+    """UsageError for a profile H or W the pre-process never feeds: it pads every image to a
+    multiple of spec.preprocess.size_divisibility, so min, opt and max must be such multiples.
+    nhwc: the input is (N, H, W, 4) uint8 (trt-export --input-format uint8), else (N, 3, H, W)."""
+    div = spec.preprocess.size_divisibility
+    if div <= 1:
+        return
+    h = 1 if nhwc else 2
+    for profile in profiles:
+        for lo, opt, hi in profile.values():
+            sides = [s for shape in (lo, opt, hi) for s in shape[h:h + 2]]
+            if any(s % div for s in sides):
+                raise UsageError(f"--shapes {_fmt(lo)}/{_fmt(opt)}/{_fmt(hi)}: H and W must be multiples of {div} "
+                                 f"(the pre-process pads every image to one), e.g. 1x3x320x320/1x3x480x640/1x3x800x1344")
+
+
 def check_options(
     *,
     precision: str,
@@ -126,8 +158,8 @@ def check_options(
     """UsageError for option values and combinations TensorRT would reject later (or silently ignore)."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
-    if workspace_gb is not None and workspace_gb <= 0:
-        raise UsageError(f"--workspace {workspace_gb}: give a positive size in GiB, e.g. --workspace 2")
+    if workspace_gb is not None and not 0 < workspace_gb <= MAX_WORKSPACE_GB:  # nan and inf fail too
+        raise UsageError(f"--workspace {workspace_gb}: give a positive size in GiB, at most {MAX_WORKSPACE_GB}, e.g. --workspace 2")
     if builder_opt_level is not None and not 0 <= builder_opt_level <= MAX_BUILDER_OPT_LEVEL:
         raise UsageError(f"--builder-opt-level {builder_opt_level}: use 0..{MAX_BUILDER_OPT_LEVEL} (3 is TensorRT's default)")
     if dla_core is not None and dla_core < 0:
@@ -187,7 +219,7 @@ def build_engine(
         plugin_libs=plugin_libs,
         calib_cache=calib_cache,
     )
-    profiles = resolve_profiles(onnx_inputs(model), shapes, dla=dla_core is not None)
+    profiles = plan_profiles(model, shapes, spec, dla=dla_core is not None)
     engine_path = check_writable(out_engine)
     for extra in (sidecar_path(engine_path), layers_path(engine_path)):
         check_writable(extra)
