@@ -196,3 +196,17 @@ def test_flags_that_do_not_apply_are_refused(extra: list[str], needle: str, tmp_
     assert calib_cli.main([str(demo), *extra, "--no-map", "-o", str(out)]) == 2
     _one_line(capsys, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("name", "needle"), [("adir", "is a folder"), ("t.caffemodel", "is not a Caffe .caffemodel"),
+                                               ("t.safetensors", "is not a .safetensors file")])
+def test_a_checkpoint_that_is_a_folder_or_text_says_so(name: str, needle: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / name
+    if name == "adir":
+        path.mkdir()
+    else:
+        path.write_text("hello\n")
+    assert export_cli.main([str(path), "-o", str(tmp_path / "m.onnx")]) == 2
+    _one_line(capsys, needle)
+    assert not (tmp_path / "m.onnx").exists()

@@ -111,6 +111,8 @@ def load_pickle(data: bytes | io.BufferedIOBase) -> Any:
 def load_checkpoint_file(path: str | Path) -> LoadedFile:
     """Load a checkpoint safely; UsageError for missing, empty, truncated, corrupt or unsafe files."""
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"checkpoint {p} is a folder; give the checkpoint file inside it (.pth, .pkl, .ckpt, .caffemodel)")
     if not p.is_file():
         raise UsageError(f"checkpoint {p} not found")
     with p.open("rb") as f:
@@ -142,6 +144,11 @@ def load_checkpoint_file(path: str | Path) -> LoadedFile:
     except UnsafeCheckpointError as exc:
         raise UnsafeCheckpointError(f"{p}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+        formats = {".caffemodel": "a Caffe .caffemodel (binary protobuf)", ".safetensors": "a .safetensors file",
+                   ".ckpt": "a MindSpore .ckpt (protobuf)"}
+        if p.suffix.lower() in formats:  # named as a format that is not a pickle: say that it is not one
+            raise UsageError(f"{p} is not {formats[p.suffix.lower()]}: its bytes are none of the checkpoint formats "
+                             "read here; check the file (a text or truncated copy?)") from None
         raise UsageError(f"{p} is truncated or not a checkpoint (pickle error: {_one_line(exc)})") from None
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
         return LoadedFile(_torch_load(p), "torch")
