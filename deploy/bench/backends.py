@@ -9,8 +9,15 @@ from pathlib import Path
 
 from retinanet_trt.errors import UsageError, require_torch
 from retinanet_trt.runtime.detector import BACKENDS, Detector
+from retinanet_trt.runtime.pipeline import machine_cores
 
 PROTOCOL_MIN_ITERATIONS = 20
+# Larger counts are typos: 100000 iterations of the smallest model already take hours.
+MAX_ITERATIONS = 100_000
+MAX_BATCH = 256
+# Intra-op threads beyond a few per core only oversubscribe; 100000 makes ORT hang creating them.
+THREADS_PER_CORE = 4
+THREADS_FLOOR = 64  # the limit on a small machine: a benchmark script written on a big one still runs
 
 
 @dataclasses.dataclass
@@ -75,10 +82,52 @@ def load_detector(model: str, backend: str, opts: BenchOptions) -> Detector:
     return Detector.load(model, backend, device=opts.device or 0, cuda_graph=opts.cuda_graph)
 
 
+def check_counts(iterations: int, warmup: int, profile_runs: int | None = None) -> None:
+    """UsageError unless each count is in its range (profile_runs None: not given)."""
+    for flag, value, low in (("--iterations", iterations, 1), ("--warmup", warmup, 0),
+                             ("--profile-runs", profile_runs, 0)):
+        if value is not None and not low <= value <= MAX_ITERATIONS:
+            raise UsageError(f"{flag} must be >= {low} and <= {MAX_ITERATIONS} (got {value})")
+
+
+def check_batch(batch: int) -> None:
+    if not 1 <= batch <= MAX_BATCH:
+        raise UsageError(f"--batch {batch}: give 1..{MAX_BATCH} images per inference")
+
+
+def max_threads() -> int:
+    return max(THREADS_FLOOR, THREADS_PER_CORE * machine_cores())
+
+
+def check_options(model: str, backends: Sequence[str], opts: BenchOptions) -> list[str]:
+    """The backends (the onnxruntime alias resolved) once every option is checked against them,
+    before any model loads or anything is printed; UsageError (one line) otherwise."""
+    backends = ["ort-cpu" if b == "onnxruntime" else b for b in backends]  # the alias trt-infer accepts
+    if not backends:
+        raise UsageError("no backend given")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    if len(set(backends)) != len(backends):
+        raise UsageError(f"--compare lists a backend twice: {','.join(backends)}")
+    check_counts(opts.iterations, opts.warmup, opts.profile_runs)
+    if not 0 <= opts.threads <= max_threads():
+        raise UsageError(f"--threads {opts.threads}: give 0 (library default) .. {max_threads()} "
+                         f"(this machine has {machine_cores()} cores; more threads only oversubscribe them)")
+    if opts.torch_checkpoint is not None:
+        if "torch" not in backends:
+            raise UsageError(f"--torch-checkpoint needs the torch backend, which this run does not use "
+                             f"({', '.join(backends)}); add it (e.g. --compare torch,{backends[0]}) or drop the flag")
+        if not model.endswith(".onnx"):
+            raise UsageError(f"--torch-checkpoint gives weights to an ONNX MODEL's torch backend; {model} carries "
+                             "its own, drop the flag")
+    check_device_options(backends, opts)
+    return backends
+
+
 def check_device_options(backends: Sequence[str], opts: BenchOptions) -> None:
     """--device needs a GPU backend and --cuda-graph the TensorRT one: say so rather than ignore them."""
-    if opts.batch < 1 or opts.batch > 256:
-        raise UsageError(f"--batch {opts.batch}: give 1..256 images per inference")
+    check_batch(opts.batch)
     gpu = [b for b in backends if b in ("trt", "ort-cuda", "ort-trt")]
     if opts.device is not None and (opts.device < 0 or not gpu):
         raise UsageError(f"--device {opts.device} picks a GPU (index >= 0) for trt, ort-cuda or ort-trt; "

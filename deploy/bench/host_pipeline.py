@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from retinanet_trt.bench.simulated import SIMULATION_NOTE, SimulatedDevice, record_outputs
+from retinanet_trt.bench.backends import check_batch, check_counts
+from retinanet_trt.bench.simulated import MAX_DEVICE_MS, SIMULATION_NOTE, SimulatedDevice, record_outputs
 from retinanet_trt.bench.stats import summarize
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import find_images, load_image
-from retinanet_trt.runtime.pipeline import default_workers, machine_cores, plan_depth
+from retinanet_trt.runtime.pipeline import MAX_WORKERS, default_workers, machine_cores, plan_depth
 from retinanet_trt.runtime.types import ImageMeta
 from retinanet_trt.runtime.uint8_input import UINT8_NHWC, resized_rgba
 from retinanet_trt.versions import environment
@@ -149,19 +150,29 @@ def _step_summary(kind: str, rows: dict[str, list[float]]) -> dict[str, Any]:
                     "outputs recorded from one real run"}
 
 
+def check_host_options(opts: HostPipelineOptions) -> None:
+    """UsageError (one line) for an option out of range, before any model loads or anything is printed."""
+    # `not 0 < ms <= MAX` also refuses NaN; inf and huge values would sleep for ever.
+    if not opts.device_ms or not all(0 < ms <= MAX_DEVICE_MS for ms in opts.device_ms):
+        raise UsageError(f"--simulate-device {' '.join(f'{ms:g}' for ms in opts.device_ms)}: give milliseconds "
+                         f"per batch, each > 0 and <= {MAX_DEVICE_MS:g}")
+    check_counts(opts.rounds, opts.warmup)
+    if opts.images_per_pass < 1:
+        raise UsageError("the images per pass must be >= 1")
+    if opts.workers is not None and not 1 <= opts.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {opts.workers}: give 1..{MAX_WORKERS} host threads for the overlapped run "
+                         "(the run with overlap off is always made)")
+    check_batch(opts.batch)
+
+
 def run_host_pipeline(model: str, opts: HostPipelineOptions, backend: str | None = None,
                       log: Any = lambda _: None) -> dict[str, Any]:
     """The report: host steps, images/s with the simulated device (overlap off/on), the bounds."""
     from retinanet_trt.runtime.detector import default_backend
     from retinanet_trt.scoring.detect_files import detect_paths
 
-    if not opts.device_ms or any(ms <= 0 for ms in opts.device_ms):
-        raise UsageError(f"--simulate-device {' '.join(map(str, opts.device_ms))}: give milliseconds > 0")
-    if opts.rounds < 1 or opts.images_per_pass < 1:
-        raise UsageError("--iterations and the images per pass must be >= 1")
+    check_host_options(opts)
     workers = default_workers() if opts.workers is None else opts.workers
-    if workers < 1:
-        raise UsageError("--workers: the overlapped run needs at least 1 (the run with overlap off is always made)")
     with tempfile.TemporaryDirectory(prefix="retinanet_trt_photos_") as tmp:
         paths = find_images(opts.images) if opts.images else write_photos(Path(tmp))
         if not paths:

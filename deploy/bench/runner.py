@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from retinanet_trt.bench.backends import BenchOptions, check_device_options, load_detector
+from retinanet_trt.bench.backends import BenchOptions, check_options, load_detector
 from retinanet_trt.bench.inputs import bench_images, resolve_input_hw
 from retinanet_trt.bench.profilers import LevelProfiler, make_level_profiler
 from retinanet_trt.bench.stats import PER_LEVEL_TOLERANCE, STAGES, central_mean, group_order, median_by_key, summarize
-from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.detector import Detector
 from retinanet_trt.runtime.images import LoadedImage
 from retinanet_trt.runtime.preprocess import preprocess
@@ -57,14 +56,7 @@ def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float |
 def run_bench(model: str, backends: Sequence[str], opts: BenchOptions,
               log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Benchmark `backends` on `model` side by side; returns the JSON-ready report."""
-    backends = ["ort-cpu" if b == "onnxruntime" else b for b in backends]  # the alias trt-infer accepts
-    if not backends:
-        raise UsageError("no backend given")
-    if len(set(backends)) != len(backends):
-        raise UsageError(f"--compare lists a backend twice: {','.join(backends)}")
-    if opts.iterations < 1 or opts.warmup < 0 or (opts.profile_runs or 0) < 0:
-        raise UsageError("--iterations must be >= 1, --warmup and --profile-runs >= 0")
-    check_device_options(backends, opts)
+    backends = check_options(model, backends, opts)
     detectors = {b: load_detector(model, b, opts) for b in backends}
     input_hw = resolve_input_hw(model, detectors, opts.input_hw)
     images = bench_images(opts.images, input_hw)

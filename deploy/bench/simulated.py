@@ -27,6 +27,8 @@ from retinanet_trt.spec import ModelSpec
 SIMULATION_NOTE = ("SIMULATED DEVICE: no network runs; each batch sleeps the given milliseconds (GIL released) and "
                    "returns outputs recorded from one real run of the model. For timing the host pipeline only; "
                    "never used for accuracy")
+# 10 s per batch is slower than any device worth simulating; 1e9 would sleep for weeks.
+MAX_DEVICE_MS = 10_000.0
 
 
 class SimulatedDevice:
@@ -37,8 +39,8 @@ class SimulatedDevice:
 
     def __init__(self, spec: ModelSpec, recorded: dict[str, np.ndarray], device_ms: float, *,
                  input_shape: tuple[int, ...], input_format: str, fixed_input_hw: tuple[int, int] | None) -> None:
-        if device_ms < 0:
-            raise UsageError(f"--simulate-device {device_ms}: give milliseconds >= 0")
+        if not 0 <= device_ms <= MAX_DEVICE_MS:  # also refuses NaN, which time.sleep would
+            raise UsageError(f"--simulate-device {device_ms}: give milliseconds in 0..{MAX_DEVICE_MS:g}")
         self.name = f"simulated {device_ms:g} ms"
         self.spec = spec
         self.device_ms = float(device_ms)

@@ -28,18 +28,19 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="network input size (default: the model's fixed size, else the spec's)")
     p.add_argument("--images", nargs="+", metavar="DIR", help="image files or folders (default: a synthetic photo)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3, at most 100000)")
+    p.add_argument("--iterations", type=int, default=20, help="timed iterations (default 20, at most 100000)")
     p.add_argument("--profile-runs", type=int, help="profiled runs for the per-level split (default: --iterations; 0: none)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and PyTorch (0: their default)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and PyTorch (0: their default; "
+                   "at most 4 per core)")
     p.add_argument("--torch-checkpoint", help="weights for the torch backend when MODEL is an ONNX file")
     p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
     p.add_argument("--device", type=int, help="GPU index for trt, ort-cuda and ort-trt (default 0)")
     p.add_argument("--cuda-graph", action="store_true", help="trt: replay a CUDA graph per input shape")
     p.add_argument("--simulate-device", type=float, nargs="+", metavar="MS",
                    help="time trt-infer's host pipeline (overlap off and on) against a SIMULATED device taking MS ms "
-                        "per batch and returning outputs recorded from one real run (a fixed-size model; host "
-                        "timing only, never accuracy); --iterations: passes per configuration")
+                        "per batch (0 < MS <= 10000) and returning outputs recorded from one real run (a fixed-size "
+                        "model; host timing only, never accuracy); --iterations: passes per configuration")
     p.add_argument("--workers", type=int, help="with --simulate-device: host threads with overlap on (default: one per core)")
     p.add_argument("--uint8-model", help="with --simulate-device: the same model exported with --input-format uint8, "
                    "measured beside it")
@@ -50,6 +51,7 @@ def build_parser():  # type: ignore[no-untyped-def]
 
 def _main(argv: list[str] | None) -> int:
     from retinanet_trt.bench import PROTOCOL_MIN_ITERATIONS, BenchOptions, format_report, plot_report, run_bench
+    from retinanet_trt.bench.backends import check_options
 
     args = build_parser().parse_args(argv)
     if args.simulate_device is not None:
@@ -62,22 +64,22 @@ def _main(argv: list[str] | None) -> int:
             raise UsageError("--compare needs backends, e.g. --compare torch,ort-cpu")
     else:
         backends = [args.backend or default_backend(args.model)]
-    if args.threads < 0:
-        raise UsageError(f"--threads {args.threads}: give 0 (library default) or a positive count")
-    check_outputs({"--json": args.json, "--plot": args.plot},
-                  {"MODEL": args.model, "--torch-checkpoint": args.torch_checkpoint,
-                   **{f"--images {i}": path for i, path in enumerate(args.images or [])}})
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UsageError(f"--plot {args.plot}: the chart is a PNG; give a .png file name")
-    if 1 <= args.iterations < PROTOCOL_MIN_ITERATIONS:
-        print(f"trt-bench: note: {args.iterations} timed iterations; the benchmark protocol asks for at least "
-              f"{PROTOCOL_MIN_ITERATIONS}", file=sys.stderr)
     opts = BenchOptions(
         input_hw=tuple(args.input_size) if args.input_size else None,  # type: ignore[arg-type]
         warmup=args.warmup, iterations=args.iterations, profile_runs=args.profile_runs, threads=args.threads,
         images=args.images, torch_checkpoint=args.torch_checkpoint, batch=args.batch, device=args.device,
         cuda_graph=args.cuda_graph,
     )
+    # Every flag is checked before anything is printed: a bad one gives exactly one line.
+    check_options(args.model, backends, opts)
+    check_outputs({"--json": args.json, "--plot": args.plot},
+                  {"MODEL": args.model, "--torch-checkpoint": args.torch_checkpoint,
+                   **{f"--images {i}": path for i, path in enumerate(args.images or [])}})
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"--plot {args.plot}: the chart is a PNG; give a .png file name")
+    if args.iterations < PROTOCOL_MIN_ITERATIONS:
+        print(f"trt-bench: note: {args.iterations} timed iterations; the benchmark protocol asks for at least "
+              f"{PROTOCOL_MIN_ITERATIONS}", file=sys.stderr)
     report = run_bench(args.model, backends, opts, log=lambda msg: print(f"trt-bench: {msg}", file=sys.stderr))
     print(format_report(report))
     if args.json:
@@ -90,14 +92,20 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _simulate(args) -> int:  # type: ignore[no-untyped-def]
-    from retinanet_trt.bench.host_pipeline import HostPipelineOptions, format_host_pipeline, run_host_pipeline
+    from retinanet_trt.bench.host_pipeline import (
+        HostPipelineOptions,
+        check_host_options,
+        format_host_pipeline,
+        run_host_pipeline,
+    )
 
-    if args.compare or args.plot or args.cuda_graph or args.torch_checkpoint:
+    if args.compare or args.plot or args.cuda_graph or args.torch_checkpoint or args.threads or args.profile_runs is not None:
         raise UsageError("--simulate-device measures one model's host pipeline; drop --compare/--plot/--cuda-graph/"
-                         "--torch-checkpoint")
-    check_outputs({"--json": args.json}, {"MODEL": args.model, "--uint8-model": args.uint8_model})
+                         "--torch-checkpoint/--threads/--profile-runs")
     opts = HostPipelineOptions(device_ms=args.simulate_device, images=args.images, rounds=args.iterations,
                                warmup=args.warmup, workers=args.workers, batch=args.batch, uint8_model=args.uint8_model)
+    check_host_options(opts)  # before the first progress line
+    check_outputs({"--json": args.json}, {"MODEL": args.model, "--uint8-model": args.uint8_model})
     report = run_host_pipeline(args.model, opts, backend=args.backend,
                                log=lambda msg: print(f"trt-bench: {msg}", file=sys.stderr))
     print(format_host_pipeline(report))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retinanet_trt.cli.common import EXIT_TERMINATED, make_parser, run_main
+from retinanet_trt.cli.common import EXIT_TERMINATED, check_count, make_parser, run_main
 from retinanet_trt.errors import EnvironmentFault, Terminated, UsageError
 from retinanet_trt.tables import format_table
 
@@ -65,15 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     for proto in ("http", "grpc", "metrics"):
         run.add_argument(f"--{proto}-port", type=int, help=f"{proto} port (default: a free one)")
     run.add_argument("--log", type=Path, help="Triton's log file (default: a file in $TMPDIR)")
-    run.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    run.add_argument("--ready-timeout", type=float, default=180.0,
+                     help="seconds to wait for readiness (default 180, at most 3600)")
 
     b = sub.add_parser("bench", help="load-test a repository (started here, batching on and off) or a server URL")
     b.add_argument("target", help="a trt-serve repository folder, or a running server's HTTP host:port")
-    b.add_argument("--concurrency", default="1,4,16", help="concurrent clients per level (default 1,4,16)")
+    b.add_argument("--concurrency", default="1,4,16", help="concurrent clients per level (default 1,4,16; at most 1024)")
     b.add_argument("--requests", type=int, default=200, help="timed requests per level and round (default 200)")
     b.add_argument("--rounds", type=int, default=1, help="sweeps over every level, interleaved (default 1)")
     b.add_argument("--protocols", default="http,grpc", help="http, grpc or both (default)")
-    b.add_argument("--batching", default="on,off", help="repository target: dynamic batching settings (default on,off)")
+    b.add_argument("--batching", help="repository target: dynamic batching settings (default on,off)")
     b.add_argument("--model", help="URL target: the ensemble's name (default retinanet)")
     b.add_argument("--grpc-url", help="URL target: the gRPC host:port (default: the HTTP host, port 8001)")
     b.add_argument("--images", type=Path, help="a folder of images to send (default: 16 generated demo images)")
@@ -116,6 +117,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from retinanet_trt.fileio import check_outputs
     from retinanet_trt.serve.server import Ports, TritonServer
 
     ports = None
@@ -123,7 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     if any(v is not None for v in given):
         if any(v is None for v in given):
             raise UsageError("give all of --http-port, --grpc-port and --metrics-port, or none (free ports are picked)")
+        if not all(1 <= v <= 65535 for v in given):
+            raise UsageError(f"--http-port/--grpc-port/--metrics-port {' '.join(map(str, given))}: give ports 1..65535")
         ports = Ports(*given)
+    if not 0 < args.ready_timeout <= 3600:  # also refuses NaN
+        raise UsageError(f"--ready-timeout {args.ready_timeout:g}: give seconds, > 0 and <= 3600")
+    check_outputs({"--log": args.log})
     server = TritonServer(args.repo, ports=ports, log_path=args.log, ready_timeout_s=args.ready_timeout)
     try:
         server.start()
@@ -164,6 +171,17 @@ def _payloads(folder: Path | None) -> list[bytes]:
     return out
 
 
+def _batching(text: str) -> list[bool]:
+    settings = {"on": True, "off": False}
+    try:
+        values = [settings[v.strip()] for v in text.split(",") if v.strip()]
+    except KeyError:
+        values = []
+    if not values:
+        raise UsageError(f"--batching {text!r}: give on, off or on,off")
+    return values
+
+
 def _bench(args: argparse.Namespace) -> int:
     from retinanet_trt.fileio import check_outputs, write_json_atomic
     from retinanet_trt.serve import benchmark as bm
@@ -172,23 +190,36 @@ def _bench(args: argparse.Namespace) -> int:
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if not protocols or set(protocols) - {"http", "grpc"}:
         raise UsageError(f"--protocols {args.protocols!r}: give http, grpc or http,grpc")
-    if args.requests < 1 or args.rounds < 1:
-        raise UsageError(f"--requests {args.requests} / --rounds {args.rounds}: must be >= 1")
-    check_outputs({"-o": args.output, "--plot": args.plot})
-    payloads = _payloads(args.images)
-    if bm.is_repository(args.target):
-        settings = {"on": True, "off": False}
-        try:
-            batching = [settings[v.strip()] for v in args.batching.split(",") if v.strip()]
-        except KeyError:
-            raise UsageError(f"--batching {args.batching!r}: give on, off or on,off") from None
-        report = bm.bench_repository(Path(args.target), payloads, levels, args.requests, protocols, batching, args.rounds)
+    check_count("--requests", args.requests, 1, bm.MAX_REQUESTS)
+    check_count("--rounds", args.rounds, 1, bm.MAX_ROUNDS)
+    # What the target is decides which flags apply; all is checked before any image is made.
+    repository = bm.is_repository(args.target)
+    if repository:
+        if args.model or args.grpc_url:
+            raise UsageError("--model and --grpc-url name a running server's ensemble and gRPC port; a repository "
+                             "target is started here with its own, drop them")
+        batching = _batching(args.batching or "on,off")
     elif Path(args.target).exists():
         raise UsageError(f"{args.target} is a folder but not a trt-serve repository; give a repository or host:port")
     else:
-        host = args.target.split("://")[-1].rsplit(":", 1)[0]
-        report = bm.bench_url(args.target.split("://")[-1], args.grpc_url or f"{host}:8001", args.model or "retinanet",
-                              payloads, levels, args.requests, protocols, args.rounds)
+        if args.batching is not None:
+            raise UsageError("--batching varies a repository target started here; a running server batches as it "
+                             "was started, drop --batching")
+        http_url = bm.server_address(args.target)
+        if http_url is None:
+            raise UsageError(f"{args.target!r} is neither a trt-serve repository folder nor a server's HOST:PORT; "
+                             "give the folder `trt-serve export -o` wrote or a running server's address, "
+                             "e.g. 127.0.0.1:8000")
+        grpc_url = bm.server_address(args.grpc_url) if args.grpc_url else f"{http_url.rsplit(':', 1)[0]}:8001"
+        if grpc_url is None:
+            raise UsageError(f"--grpc-url {args.grpc_url!r}: give the server's gRPC HOST:PORT, e.g. 127.0.0.1:8001")
+    check_outputs({"-o": args.output, "--plot": args.plot})
+    payloads = _payloads(args.images)
+    if repository:
+        report = bm.bench_repository(Path(args.target), payloads, levels, args.requests, protocols, batching, args.rounds)
+    else:
+        report = bm.bench_url(http_url, grpc_url, args.model or "retinanet", payloads, levels, args.requests,
+                              protocols, args.rounds)
     report["requests_per_level"] = args.requests
     write_json_atomic(args.output, report)
     if args.plot:

@@ -19,6 +19,15 @@ from retinanet_trt.serve.repository import MARKER, read_record
 from retinanet_trt.versions import package_versions
 
 _BATCHING = re.compile(r"^dynamic_batching \{\n(?:  .*\n)*?\}\n?", re.MULTILINE)
+# A server given by URL is already running: it answers at once or not at all. One started here
+# may still be loading its models.
+URL_READY_TIMEOUT_S = 5.0
+REPOSITORY_READY_TIMEOUT_S = 60.0
+# Larger values are typos: more threads than that starve the server, more requests run for hours.
+MAX_CONCURRENCY = 1024
+MAX_REQUESTS = 1_000_000
+MAX_ROUNDS = 100
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<port>\d{1,5})$")
 
 
 def set_dynamic_batching(config_text: str, on: bool, max_queue_delay_us: int = 100) -> str:
@@ -63,15 +72,20 @@ def _row(label: dict[str, Any], results: list[loadtest.LoadResult], samples: lis
             "error_examples": sorted({e for r in results for e in r.error_examples})[:3]}
 
 
+def wait_ready(servers: dict[bool | None, tuple[str, str]], model: str, protocols: Sequence[str],
+               timeout_s: float) -> None:
+    """Every server answers that `model` is ready on every protocol, within timeout_s each."""
+    for protocol in protocols:
+        for http_url, grpc_url in servers.values():
+            loadtest.wait_until_ready(http_url if protocol == "http" else grpc_url, protocol, model, timeout_s)
+
+
 def bench_servers(servers: dict[bool | None, tuple[str, str]], model: str, payloads: Sequence[bytes | np.ndarray],
                   concurrencies: Sequence[int], requests: int, protocols: Sequence[str], rounds: int = 1) -> list[dict[str, Any]]:
     """Load every (protocol, concurrency) cell on each server ({dynamic batching: (http, grpc url)}).
     The servers run side by side and take turns cell by cell, round after round, so a change in the
-    machine's load (other jobs, CPU clock) falls on every variant alike."""
+    machine's load (other jobs, CPU clock) falls on every variant alike. They must be ready (wait_ready)."""
     cells: dict[tuple[str, int, bool | None], tuple[list[loadtest.LoadResult], list[float]]] = {}
-    for protocol in protocols:
-        for http_url, grpc_url in servers.values():
-            loadtest.wait_until_ready(http_url if protocol == "http" else grpc_url, protocol, model)
     for _ in range(rounds):
         for protocol in protocols:
             for c in concurrencies:
@@ -100,6 +114,7 @@ def bench_repository(repo: Path, payloads: Sequence[bytes | np.ndarray], concurr
             assert server.install is not None and server.site is not None
             triton, models_python = server.install.version, environment.describe_env(server.site)
             servers[on] = (server.http_url, server.grpc_url)
+        wait_ready(servers, model, protocols, REPOSITORY_READY_TIMEOUT_S)
         rows = bench_servers(servers, model, payloads, concurrencies, requests, protocols, rounds)
     return {"target": str(repo), "model": model, "triton_version": triton, "repository": _summary(record),
             "rounds": rounds, "results": rows, "versions": _versions(), "models_python": models_python}
@@ -107,7 +122,9 @@ def bench_repository(repo: Path, payloads: Sequence[bytes | np.ndarray], concurr
 
 def bench_url(http_url: str, grpc_url: str, model: str, payloads: Sequence[bytes | np.ndarray],
               concurrencies: Sequence[int], requests: int, protocols: Sequence[str], rounds: int = 1) -> dict[str, Any]:
-    """Load a server that is already running (its configuration is whatever it was started with)."""
+    """Load a server that is already running (its configuration is whatever it was started with);
+    EnvironmentFault within seconds when none answers there."""
+    wait_ready({None: (http_url, grpc_url)}, model, protocols, URL_READY_TIMEOUT_S)
     client = loadtest.make_client("http", http_url) if "http" in protocols else None
     batching = None
     triton = None
@@ -191,6 +208,13 @@ def parse_concurrency(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--concurrency {text!r}: give comma-separated integers, e.g. 1,4,16") from None
-    if not values or min(values) < 1:
-        raise UsageError(f"--concurrency {text!r}: each level must be >= 1")
+    if not values or not all(1 <= v <= MAX_CONCURRENCY for v in values):
+        raise UsageError(f"--concurrency {text!r}: each level must be 1..{MAX_CONCURRENCY} clients")
     return values
+
+
+def server_address(text: str) -> str | None:
+    """HOST:PORT from `text` (an http:// or grpc:// prefix dropped), None when it is not one."""
+    address = text.split("://", 1)[-1].rstrip("/")
+    match = _HOST_PORT.match(address)
+    return address if match is not None and 1 <= int(match["port"]) <= 65535 else None

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.errors import UsageError
-from retinanet_trt.fileio import atomic_path, write_bytes_atomic, write_json_atomic
+from retinanet_trt.fileio import atomic_path, existing_ancestor, write_bytes_atomic, write_json_atomic
 from retinanet_trt.runtime.resize_plan import padded_side
 from retinanet_trt.runtime.types import Detections, ImageMeta
 from retinanet_trt.serve.model_info import NetworkInfo, read_network
@@ -154,8 +154,7 @@ def write_deepstream(model: str | os.PathLike[str], out_dir: str | os.PathLike[s
         raise UsageError(f"--batch-size {batch_size}: must be >= 1")
     net = read_network(model)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} is a file; give a folder")
+    existing_ancestor(out, "-o")  # a file, or a folder nobody may write in (/proc, read-only): before any write
     if out.resolve() == net.path.resolve().parent:
         raise UsageError(f"-o {out} is the model's own folder; choose another (the model is copied into -o)")
     out.mkdir(parents=True, exist_ok=True)

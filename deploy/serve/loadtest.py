@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from retinanet_trt.bench import summarize
-from retinanet_trt.errors import UsageError
+from retinanet_trt.errors import EnvironmentFault, UsageError
 from retinanet_trt.serve import stages
 
 PROTOCOLS = ("http", "grpc")
@@ -63,10 +63,11 @@ def _client_module(protocol: str) -> Any:
     return module
 
 
-def make_client(protocol: str, url: str) -> Any:
+def make_client(protocol: str, url: str, timeout_s: float = 120.0) -> Any:
+    """A client of `url`; timeout_s bounds an HTTP connect and read (gRPC calls take client_timeout)."""
     module = _client_module(protocol)
     if protocol == "http":
-        return module.InferenceServerClient(url, connection_timeout=120.0, network_timeout=120.0)
+        return module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
     return module.InferenceServerClient(url)
 
 
@@ -138,7 +139,8 @@ def run_requests(url: str, protocol: str, model: str, payloads: Sequence[bytes |
         t.join()
     wall = time.perf_counter() - t0
     if failures:
-        raise UsageError(f"the load test lost its connection to {url}: {type(failures[0]).__name__}: {failures[0]}")
+        raise EnvironmentFault(f"the load test lost its connection to {url}: {type(failures[0]).__name__}: "
+                               f"{' '.join(str(failures[0]).split())[:200]}; is the server still running?")
     missing = [i for i, a in enumerate(answers) if a is None]
     if missing:
         raise AssertionError(f"requests {missing[:5]} got no answer")
@@ -164,17 +166,30 @@ def measure(url: str, protocol: str, model: str, payloads: Sequence[bytes | np.n
 
 
 def wait_until_ready(url: str, protocol: str, model: str, timeout_s: float = 60.0) -> None:
-    """UsageError unless the server at url answers that `model` is ready within timeout_s."""
-    client = make_client(protocol, url)
+    """Return once the server at url answers that `model` is ready, polling for timeout_s: a server
+    that is up without that model is a UsageError (the name is wrong), no server an EnvironmentFault."""
+    attempt_s = min(timeout_s, 5.0)  # one probe of a host that drops packets must not outlast the window
+    probe: dict[str, Any] = {"client_timeout": attempt_s} if protocol == "grpc" else {}
+    client = make_client(protocol, url, timeout_s=attempt_s)
     deadline = time.monotonic() + timeout_s
+    live, reason = False, "no answer"
     try:
-        while time.monotonic() < deadline:
+        while True:
             try:
-                if client.is_model_ready(model):
+                live = bool(client.is_server_live(**probe))
+                if live and client.is_model_ready(model, **probe):
                     return
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
+                reason = "it answers, but not live"
+            except Exception as exc:  # noqa: BLE001 - not up (yet): refused, unreachable, not Triton
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.5)
     finally:
         client.close()
-    raise UsageError(f"no ready model {model!r} at {url} ({protocol}) within {timeout_s:.0f} s; is the server running?")
+    if live:
+        raise UsageError(f"the server at {url} ({protocol}) is up but has no ready model {model!r} within "
+                         f"{timeout_s:g} s; give the ensemble's name with --model")
+    hint = "--grpc-url" if protocol == "grpc" else "HOST:PORT"
+    raise EnvironmentFault(f"no Triton server answers at {url} ({protocol}) within {timeout_s:g} s ({reason}); "
+                           f"start one (trt-serve run REPO) or check {hint}")

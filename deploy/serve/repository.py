@@ -101,6 +101,30 @@ def _batching(opts: ServeOptions) -> dict[str, Any] | None:
     return {"max_queue_delay_microseconds": opts.max_queue_delay_us} if opts.dynamic_batching else None
 
 
+def _check_platform_flags(opts: ServeOptions, platform: str, backend: str) -> None:
+    """Refuse flags the chosen network would silently ignore or could not run with."""
+    if opts.ort_tensorrt and platform != "onnxruntime_onnx":
+        hint = "--backend ort-trt gives the python network ORT's TensorRT provider" if platform == "python" \
+            else "the network already is a TensorRT engine"
+        raise UsageError(f"--ort-tensorrt applies to the onnxruntime_onnx platform only, not {platform}; drop it "
+                         f"({hint})")
+    if opts.backend is not None and platform != "python":
+        raise UsageError(f"--backend {opts.backend} chooses the runtime of a python network; add --platform python "
+                         f"or drop it (the {platform} network is Triton's own backend)")
+    if opts.threads and not (platform == "python" and backend != "trt"):
+        raise UsageError(f"--threads {opts.threads} sets ONNX Runtime threads of a python network running ORT "
+                         f"(--platform python --backend ort-*), not of {platform}"
+                         + (" with --backend trt" if platform == "python" else "") + "; drop it")
+    gpu_only = platform == "tensorrt_plan" or opts.ort_tensorrt or (platform == "python" and backend != "ort-cpu")
+    if opts.device == "cpu" and gpu_only:
+        what = f"--backend {backend}" if platform == "python" else "--ort-tensorrt" if opts.ort_tensorrt else platform
+        raise UsageError(f"--device cpu: {what} runs on a GPU; drop --device cpu (ORT runs on the CPU with an "
+                         "ONNX and --platform onnxruntime_onnx, or --platform python --backend ort-cpu)")
+    if opts.device == "gpu" and platform == "python" and backend == "ort-cpu":
+        raise UsageError("--device gpu: --backend ort-cpu runs on the CPU; choose --backend ort-cuda or ort-trt, "
+                         "or drop --device gpu")
+
+
 def plan(net: NetworkInfo, opts: ServeOptions) -> dict[str, Any]:
     """Every decision of the export, before anything is written (also the repository's JSON record)."""
     opts.check()
@@ -113,6 +137,7 @@ def plan(net: NetworkInfo, opts: ServeOptions) -> dict[str, Any]:
     backend = opts.backend or ("trt" if net.kind == "engine" else "ort-cpu")
     if platform == "python" and (backend == "trt") != (net.kind == "engine"):
         raise UsageError(f"--backend {backend} runs {'an engine' if backend == 'trt' else 'an ONNX file'}, not {net.path.name}")
+    _check_platform_flags(opts, platform, backend)
     end2end = net.end2end or opts.end2end
     if opts.end2end and not net.end2end and net.kind == "engine":
         raise UsageError(f"--end2end: {net.path.name} has raw head outputs; build the engine from an end-to-end ONNX "
