@@ -70,6 +70,7 @@ class _Model:
     info: dict[str, Any]
     input_hw: tuple[int, int] | None  # static H, W or None
     batch: int  # static batch, or 1 when dynamic
+    sha256: str  # of the file: the report cache's key and the converted file's record of its source
 
 
 def _open_model(path: Path, spec: ModelSpec | None = None) -> _Model:
@@ -85,7 +86,7 @@ def _open_model(path: Path, spec: ModelSpec | None = None) -> _Model:
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     input_hw = (static[2], static[3]) if static[2] and static[3] else None
-    return _Model(path, proto, spec, info, input_hw, static[0] or 1)
+    return _Model(path, proto, spec, info, input_hw, static[0] or 1, sha256_file(path))
 
 
 def _calibration(model: _Model, opts: ConvertOptions, method: str, timings: dict[str, float]
@@ -146,7 +147,7 @@ def _convert_file(model: _Model, precision: str, out: Path, opts: ConvertOptions
     report for the same inputs recorded of the conversion, so that a rerun to another output
     neither draws the calibration images again nor redoes the budget's search."""
     # the FP32 file it was made from, so scoring it later against another one (--onnx) is refused
-    info = {**model.info, "precision": precision, "source_sha256": sha256_file(model.path)}
+    info = {**model.info, "precision": precision, "source_sha256": model.sha256}
     done: dict[str, Any] = {}
     searched = (cached or {}).get("budget")
     if cached and "calibration" in cached:
@@ -205,7 +206,7 @@ def _report_parts(model: _Model, precision: str, opts: ConvertOptions, method: s
                   "set": eval_set_digest(source, images, opts.eval_images)
                   if opts.evaluate_map and source is not None and images is not None else None}
     return report_cache.report_key_parts(
-        source=sha256_file(model.path), precision=precision, calibration=calib,
+        source=model.sha256, precision=precision, calibration=calib,
         method={"name": method, **int8.method_params(method)},
         exclusions={"exclude": opts.exclude, "default_exclusions": opts.default_exclusions},
         evaluation=evaluation, sensitivity=opts.sensitivity and precision == "int8", spec=model.spec.to_dict(),
@@ -321,7 +322,7 @@ def score_file(model_path: Path, reference: Path, opts: ConvertOptions) -> dict[
         raise UsageError(f"{model_path} and --onnx {reference} are not the same network ({differ}); "
                          "give the FP32 file this one was made from")
     made_from = read_info(scored).get("source_sha256")
-    if made_from and made_from != sha256_file(reference):
+    if made_from and made_from != ref.sha256:
         raise UsageError(f"{model_path} was made from another FP32 file than --onnx {reference} (its metadata "
                          "records the source's sha256); give the file it was made from")
     spec = resolve_spec(scored, spec=ref.spec)  # checked against the scored graph's outputs

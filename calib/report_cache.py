@@ -89,7 +89,7 @@ def changed_note(cache_dir: Path, out: Path, parts: dict[str, str]) -> str | Non
     try:
         last = json.loads(_last_path(cache_dir, out).read_text())["parts"]
         differ = sorted(k for k in set(parts) | set(last) if parts.get(k) != last.get(k))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     return f"inputs changed since the last report for {out} ({', '.join(differ)}); re-scored" if differ else None
 
@@ -110,7 +110,7 @@ def load_entry(path: Path, parts: dict[str, str]) -> tuple[dict[str, Any] | None
             return None, f"report cache {path} has format {data['format']!r}; re-scored"
         stored, entry = data["parts"], data["entry"]
         _check_entry(stored, entry)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         return None, f"report cache {path} is not readable ({type(exc).__name__}); ignored and re-scored"
     differ = sorted(k for k in set(parts) | set(stored) if parts.get(k) != stored.get(k))
     if differ:

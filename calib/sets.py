@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.fileio import read_json
 from retinanet_trt.runtime.images import ImageLoadError, LoadedImage, find_images, load_image
 from retinanet_trt.runtime.preprocess import preprocess
 from retinanet_trt.runtime.resize_plan import unfit_reason
@@ -135,10 +136,10 @@ def open_calib_set(calib: str, image_root: str | Path | None = None) -> CalibSou
 
 
 def _open_coco(path: Path, root: Path) -> CalibSource:
+    coco = read_json(path, "--calib", "give a COCO instances json, an image folder or demo")
     try:
-        coco = json.loads(path.read_text())
         entries = [(int(im["id"]), str(im["file_name"])) for im in coco["images"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: not a COCO json with an 'images' list ({type(exc).__name__}: {exc})") from exc
     if not entries:
         raise UsageError(f"{path}: the COCO json lists no images")

@@ -66,6 +66,12 @@ def test_json_nested_too_deeply_is_one_line(tmp_path: Path, demo: Path, capsys: 
     assert calib_cli.main([str(demo), "--int8", "--calib", "demo", "--calib-images", "2", "--no-map", "--cache", str(deep),
                            "-o", str(tmp_path / "c.onnx")]) == 2
     _one_line(capsys, "deep.json")
+    assert calib_cli.main([str(demo), "--int8", "--calib", str(deep), "--no-map", "-o", str(tmp_path / "c.onnx")]) == 2
+    _one_line(capsys, "deep.json", "nests too deeply")
+    from retinanet_trt.cli import eval as eval_cli
+
+    assert eval_cli.main([str(demo), "--annotations", str(deep), "--images", str(tmp_path)]) == 2
+    _one_line(capsys, "deep.json", "nests too deeply")
     assert not (tmp_path / "o").exists() and not (tmp_path / "c.onnx").exists()
 
 

@@ -68,11 +68,6 @@ def run_main(prog: str, body: Callable[[list[str] | None], int], argv: Sequence[
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except RecursionError:
-        # Only an input nests this deep (JSON brackets thousands of levels down): Python's readers recurse.
-        print(f"{prog}: error: an input file nests too deeply to read (thousands of levels, e.g. JSON "
-              "brackets); check the JSON files given", file=sys.stderr)
-        return EXIT_USAGE
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:

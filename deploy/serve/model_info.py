@@ -55,9 +55,10 @@ class NetworkInfo:
         ranges = [p[self.input.name] for p in profiles if self.input.name in p]
         if not ranges:
             return None, None, None
+        from retinanet_trt.runtime.backends.trt_sidecar import largest_profile_hw
+
         lo = min((r[0] for r in ranges), key=lambda s: s[2] * s[3])
-        hi = max((r[2] for r in ranges), key=lambda s: s[2] * s[3])
-        return max(r[2][0] for r in ranges), (int(lo[2]), int(lo[3])), (int(hi[2]), int(hi[3]))
+        return max(r[2][0] for r in ranges), (int(lo[2]), int(lo[3])), largest_profile_hw([r[2] for r in ranges])
 
     @property
     def tensorrt_version(self) -> str | None:

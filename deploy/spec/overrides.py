@@ -39,7 +39,7 @@ def parse_set(item: str) -> dict[str, Any]:
         raise UsageError(f"--set {item!r}: write KEY=VALUE, e.g. --set postprocess.nms_iou=0.6")
     try:
         value: Any = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON (or absurdly nested): the plain string
         value = text
     node: dict[str, Any] = {}
     root = node

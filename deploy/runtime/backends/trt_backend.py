@@ -27,7 +27,7 @@ import numpy as np
 
 from retinanet_trt.errors import UsageError
 from retinanet_trt.runtime.backends.base import StageTimes
-from retinanet_trt.runtime.backends.trt_sidecar import check_bindings, check_sidecar, engine_spec
+from retinanet_trt.runtime.backends.trt_sidecar import check_bindings, check_sidecar, engine_spec, largest_profile_hw
 from retinanet_trt.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -194,11 +194,8 @@ class TrtBackend:
         return None
 
     def _max_hw(self) -> tuple[int, int]:
-        """H, W of the largest input a profile accepts (the profile with the largest max H x W; the
-        same choice as serve/model_info.profile_limits)."""
-        h = 1 if self.input_format == "uint8_nhwc" else 2
-        hi = max((rng[2] for rng in self.ranges), key=lambda s: s[h] * s[h + 1])
-        return int(hi[h]), int(hi[h + 1])
+        """H, W of the largest input a profile accepts."""
+        return largest_profile_hw([rng[2] for rng in self.ranges], 1 if self.input_format == "uint8_nhwc" else 2)
 
     def _allocate(self) -> None:
         """Buffers for the largest shapes of all profiles, bound once (addresses never change);

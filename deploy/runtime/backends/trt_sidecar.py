@@ -9,7 +9,6 @@ that spec. None of it needs TensorRT: runtime/backends/trt_backend.py runs the e
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retinanet_trt.errors import UsageError
+from retinanet_trt.fileio import read_json
 from retinanet_trt.spec import ModelSpec
 from retinanet_trt.tensorrt.build import SIDECAR_FORMAT, sidecar_path
 
@@ -34,10 +34,7 @@ def load_sidecar(engine_path: Path) -> dict[str, Any]:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise UsageError(f"{path.name} not found beside {engine_path}; trt-build writes it with the engine, keep them together")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not readable JSON ({exc}); rebuild the engine with trt-build") from exc
+    sidecar = read_json(path, "engine sidecar", "rebuild the engine with trt-build")
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise UsageError(f"{path} is not a retinanet_trt engine sidecar; rebuild the engine with trt-build")
     return sidecar
@@ -66,6 +63,13 @@ def check_sidecar(sidecar: dict[str, Any], engine_path: Path, *, trt_version: st
             f"{engine_path.name}.json describes a {sidecar.get('engine_bytes')}-byte engine, {engine_path.name} has "
             f"{size} bytes; rebuild it with trt-build"
         )
+
+
+def largest_profile_hw(max_shapes: Sequence[Sequence[int]], h_axis: int = 2) -> tuple[int, int]:
+    """(H, W) of the largest input the profiles accept: the max shape with the largest H x W
+    (trt-infer's fit and the Triton pre-process model bound images by it)."""
+    hi = max(max_shapes, key=lambda s: s[h_axis] * s[h_axis + 1])
+    return int(hi[h_axis]), int(hi[h_axis + 1])
 
 
 def engine_spec(engine: Path, spec: ModelSpec | None, onnx: str | os.PathLike[str] | None
