@@ -148,13 +148,16 @@ class OutputPool:
 
 def estimate_batch_bytes(detector: Detector, batch_size: int) -> int:
     """Bytes one batch holds in flight: its input tensor, its raw outputs and its decoded pixels,
-    at the fixed input size, a dynamic network's largest, or else the spec's largest resize."""
+    at the fixed input size, or for a dynamic input the spec's largest resize (within the network's
+    largest input, when it has one)."""
     spec = detector.spec
-    hw = detector.fixed_input_hw or detector.max_input_hw
+    hw = detector.fixed_input_hw
     if hw is None:
         pre = spec.preprocess
         side = -(-max(pre.min_size, pre.max_size) // 32) * 32
         hw = (side, side) if pre.resize != "fixed" or not pre.fixed_size else tuple(pre.fixed_size)  # type: ignore[assignment]
+        if detector.max_input_hw is not None:  # a profile larger than any resize must not shrink the depth
+            hw = (min(hw[0], detector.max_input_hw[0]), min(hw[1], detector.max_input_hw[1]))
     h, w = int(hw[0]), int(hw[1])
     per_pixel_in = 4 if detector.input_format == "uint8_nhwc" else 12  # RGB + mask uint8, or 3 x float32
     channels = spec.head.num_anchors * (spec.head.num_classes + 4)
