@@ -115,7 +115,7 @@ BAD_DYNAMIC = [
     (["--shapes", "1x3x256x160/1x3x128x160/1x3x128x160"], "0 < min <= opt <= max"),
     (["--shapes", "1x3x128/1x3x128/1x3x128"], "has 4 dimensions"),
     (["--fp16", "--dla-core", "0", "--shapes", "1x3x128x160/1x3x256x320/1x3x256x320"], "DLA has no dynamic shapes"),
-    (["--shapes", "1x3x33x33/1x3x128x160/1x3x256x320"], "multiples of 32"),
+    (["--shapes", "1x3x33x33/1x3x128x160/1x3x256x320"], "multiples of 32 (the pre-process pads every image to one), e.g. 1x3x64x64/1x3x128x160/1x3x256x320"),
     (["--shapes", "1x3x128x160/1x3x128x160/1x3x99999x99999"], "at most 16384"),
 ]
 

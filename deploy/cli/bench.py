@@ -32,7 +32,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--iterations", type=int, default=20, help="timed iterations (default 20, at most 100000)")
     p.add_argument("--profile-runs", type=int, help="profiled runs for the per-level split (default: --iterations; 0: none)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for ORT and PyTorch (0: their default; "
-                   "at most 4 per core)")
+                   "at most 4 per core, or 64 on a small machine)")
     p.add_argument("--torch-checkpoint", help="weights for the torch backend when MODEL is an ONNX file")
     p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
     p.add_argument("--device", type=int, help="GPU index for trt, ort-cuda and ort-trt (default 0)")

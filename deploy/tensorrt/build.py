@@ -141,8 +141,11 @@ def check_profile_padding(profiles: Sequence[Profile], spec: ModelSpec, nhwc: bo
         for lo, opt, hi in profile.values():
             sides = [s for shape in (lo, opt, hi) for s in shape[h:h + 2]]
             if any(s % div for s in sides):
+                def up(shape: tuple[int, ...]) -> tuple[int, ...]:  # the same shape, H and W padded
+                    return tuple(-(-d // div) * div if h <= i < h + 2 else d for i, d in enumerate(shape))
                 raise UsageError(f"--shapes {_fmt(lo)}/{_fmt(opt)}/{_fmt(hi)}: H and W must be multiples of {div} "
-                                 f"(the pre-process pads every image to one), e.g. 1x3x320x320/1x3x480x640/1x3x800x1344")
+                                 f"(the pre-process pads every image to one), e.g. {_fmt(up(lo))}/{_fmt(up(opt))}/"
+                                 f"{_fmt(up(hi))}")
 
 
 def check_options(
